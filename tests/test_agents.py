@@ -1,0 +1,90 @@
+"""Agents from TOML: the shipped ones load, and every mistake names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voicecli.agents import load_agent, load_agents, require_keys
+from voicecli.errors import AgentError, MissingKeysError
+from voicecli.services.script_llm import match_rule
+
+DEMO_HEAD = """
+greeting = "Hi"
+[stt]
+provider = "pocketsphinx"
+[tts]
+provider = "espeak"
+"""
+SCRIPT = """
+[llm]
+provider = "script"
+fallback = "Pardon?"
+[[llm.rules]]
+keywords = ["pricing"]
+reply = "Twenty dollars."
+"""
+
+
+def test_shipped_agents_are_valid(project: Path) -> None:
+    agents = load_agents(project / "agents")
+    demo = agents["demo"]
+    assert demo.stt.provider == "pocketsphinx" and demo.llm.provider == "script"
+    assert {"pricing", "hours", "support"} <= set(demo.phrases())
+    assert any(r.dtmf == "0" and r.end_call for r in demo.rules)
+    assert agents["sales"].llm.provider == "openai"
+    assert demo.missing_keys({}) == []
+    assert set(agents["sales"].missing_keys({})) == {"DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"}
+
+
+def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None:
+    require_keys(load_agents(project / "agents", ["demo"]), {})
+    with pytest.raises(
+        MissingKeysError, match="sales needs DEEPGRAM_API_KEY, OPENAI_API_KEY, CARTESIA_API_KEY"
+    ):
+        require_keys(load_agents(project / "agents", ["sales"]), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (DEMO_HEAD + SCRIPT.replace("fallback =", "colour = 1\nfallback ="), "llm.colour: unknown key"),
+        (DEMO_HEAD + SCRIPT + "colour = 1\n", r"llm.rules\[0\].colour: unknown key"),
+        ("mood = 'happy'\n" + DEMO_HEAD + SCRIPT, "mood: unknown key"),
+        (DEMO_HEAD.replace("espeak", "bark") + SCRIPT, "tts.provider: 'bark' is not one of espeak"),
+        (DEMO_HEAD + SCRIPT.replace('reply = "Twenty dollars."', ""), r"llm.rules\[0\].reply: must be"),
+        (
+            DEMO_HEAD + SCRIPT.replace('keywords = ["pricing"]', 'dtmf = "12"'),
+            r"llm.rules\[0\].dtmf: must be one key",
+        ),
+        (
+            DEMO_HEAD + SCRIPT.replace('keywords = ["pricing"]', 'keywords = ["a"]\ndtmf = "1"'),
+            "exactly one of",
+        ),
+        (DEMO_HEAD + SCRIPT.replace('fallback = "Pardon?"', ""), "llm.fallback: must be"),
+        (DEMO_HEAD.replace('greeting = "Hi"', "") + SCRIPT, "greeting: must be a non-empty string"),
+        (DEMO_HEAD + '[llm]\nprovider = "openai"\n', "system_prompt: the openai LLM needs"),
+        (DEMO_HEAD + SCRIPT + "[call]\nmax_duration_s = -5\n", "call.max_duration_s: must be a positive"),
+        ('name = "has space"\n' + DEMO_HEAD + SCRIPT, "name: use letters"),
+        ("greeting = \n", "is not valid TOML"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(AgentError, match=message) as info:
+        load_agent(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_agent_lists_the_known_ones(project: Path) -> None:
+    with pytest.raises(AgentError, match=r"no agent 'nope'.*agents: demo, sales"):
+        load_agents(project / "agents", ["nope"])
+
+
+def test_script_rules_match_words_not_substrings(project: Path) -> None:
+    rules = load_agents(project / "agents", ["demo"])["demo"].rules
+    assert match_rule(rules, "What is your pricing?").reply.startswith("Our plans")
+    assert match_rule(rules, "when are you open").reply.startswith("We are open")
+    assert match_rule(rules, "opened helpful") is None  # no keyword as a whole word

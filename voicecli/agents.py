@@ -1,0 +1,228 @@
+"""Agents from TOML: `agents/<name>.toml`, validated at start-up with errors naming file and key."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicecli.errors import AgentError, MissingKeysError
+from voicecli.services import SERVICES, Kind
+
+AGENTS_DIR = "agents"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+DTMF_KEYS = frozenset("0123456789*#")
+TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call"})
+CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One `[stt]`, `[llm]` or `[tts]` table: the provider name and its own options."""
+
+    provider: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ScriptRule:
+    """A `[[llm.rules]]` entry of the offline `script` LLM."""
+
+    reply: str
+    keywords: tuple[str, ...] = ()
+    dtmf: str | None = None
+    end_call: bool = False
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A validated agent definition."""
+
+    name: str
+    path: Path
+    greeting: str
+    system_prompt: str
+    stt: ServiceConfig
+    llm: ServiceConfig
+    tts: ServiceConfig
+    max_duration_s: float = 1800.0
+    idle_timeout_s: float = 60.0
+    # Said when the server must end a call that is still going (shutdown, time limit).
+    goodbye: str = "Sorry, I have to end the call now. Goodbye!"
+    rules: tuple[ScriptRule, ...] = field(default=())
+
+    def missing_keys(self, env: Mapping[str, str]) -> list[str]:
+        """Environment variables this agent's services need that are not set."""
+        missing: list[str] = []
+        for kind in ("stt", "llm", "tts"):
+            config: ServiceConfig = getattr(self, kind)
+            spec = SERVICES[kind][config.provider]  # type: ignore[index]
+            missing += [k for k in spec.missing_keys(config.options, env) if k not in missing]
+        return missing
+
+    def phrases(self) -> list[str]:
+        """What callers are expected to say: the script's keywords (for offline recognisers)."""
+        return [keyword for rule in self.rules for keyword in rule.keywords]
+
+
+def agent_path(agents_dir: Path, name: str) -> Path:
+    return agents_dir / f"{name}.toml"
+
+
+def list_agent_files(agents_dir: Path) -> list[Path]:
+    return sorted(agents_dir.glob("*.toml")) if agents_dir.is_dir() else []
+
+
+def load_agent(path: Path) -> Agent:
+    """Read and validate one agent file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AgentError(f"no agent file {path}") from None
+    except OSError as exc:
+        raise AgentError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise AgentError(f"{path} is not valid TOML: {exc}") from None
+    return _validate(path, data)
+
+
+def load_agents(agents_dir: Path, names: list[str] | None = None) -> dict[str, Agent]:
+    """The named agents (all in `agents_dir` when none are named), each validated."""
+    if names:
+        paths = [agent_path(agents_dir, n) for n in dict.fromkeys(names)]
+        for name, path in zip(dict.fromkeys(names), paths, strict=True):
+            if not path.is_file():
+                known = ", ".join(p.stem for p in list_agent_files(agents_dir)) or "none"
+                raise AgentError(f"no agent '{name}': {path} does not exist (agents: {known})")
+    else:
+        paths = list_agent_files(agents_dir)
+        if not paths:
+            raise AgentError(f"no agents found: add a TOML file to {agents_dir}/")
+    agents = [load_agent(p) for p in paths]
+    by_name: dict[str, Agent] = {}
+    for agent in agents:
+        if agent.name in by_name:
+            raise AgentError(
+                f"{agent.path}: agent name '{agent.name}' is also used by {by_name[agent.name].path}"
+            )
+        by_name[agent.name] = agent
+    return by_name
+
+
+def require_keys(agents: Mapping[str, Agent], env: Mapping[str, str]) -> None:
+    """Stop at start-up, naming the variables to set, when a served agent lacks its keys."""
+    problems = [f"{a.name} needs {', '.join(m)}" for a in agents.values() if (m := a.missing_keys(env))]
+    if problems:
+        raise MissingKeysError(
+            "missing service keys: " + "; ".join(problems) + " (set them in .env or the environment)"
+        )
+
+
+class _Checker:
+    """Validates one file's data, raising AgentError that names the file and the key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> AgentError:
+        return AgentError(f"{self.path}: {key}: {problem}")
+
+    def text(self, data: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
+        value = data.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{where}{key}", "must be a non-empty string")
+        return value.strip()
+
+    def number(self, data: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.fail(f"{where}{key}", "must be a positive number of seconds")
+        return float(value)
+
+    def unknown(self, data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                raise self.fail(f"{where}{key}", f"unknown key (valid: {', '.join(sorted(allowed))})")
+
+    def service(self, data: Mapping[str, Any], kind: Kind) -> ServiceConfig:
+        table = data.get(kind)
+        choices = ", ".join(SERVICES[kind])
+        if not isinstance(table, dict):
+            raise self.fail(f"[{kind}]", f"missing table; set provider to one of {choices}")
+        provider = table.get("provider")
+        if provider not in SERVICES[kind]:
+            raise self.fail(f"{kind}.provider", f"{provider!r} is not one of {choices}")
+        spec = SERVICES[kind][provider]
+        options = {k: v for k, v in table.items() if k != "provider"}
+        self.unknown(options, spec.options, f"{kind}.")
+        return ServiceConfig(provider, options)
+
+    def rules(self, llm: Mapping[str, Any]) -> tuple[ScriptRule, ...]:
+        raw = llm.get("rules", [])
+        if not isinstance(raw, list) or not raw:
+            raise self.fail("llm.rules", "the script LLM needs at least one [[llm.rules]] entry")
+        rules = []
+        for index, entry in enumerate(raw):
+            where = f"llm.rules[{index}]."
+            if not isinstance(entry, dict):
+                raise self.fail(f"llm.rules[{index}]", "must be a table")
+            self.unknown(entry, frozenset({"keywords", "dtmf", "reply", "end_call"}), where)
+            reply = self.text(entry, "reply", where)
+            keywords, dtmf = entry.get("keywords"), entry.get("dtmf")
+            if (keywords is None) == (dtmf is None):
+                raise self.fail(where.rstrip("."), "needs exactly one of keywords or dtmf")
+            if keywords is not None and (
+                not isinstance(keywords, list)
+                or not keywords
+                or not all(isinstance(k, str) and k.strip() for k in keywords)
+            ):
+                raise self.fail(f"{where}keywords", "must be a non-empty list of words")
+            if dtmf is not None and (not isinstance(dtmf, str) or dtmf not in DTMF_KEYS):
+                raise self.fail(f"{where}dtmf", "must be one key: 0-9, * or #")
+            end_call = entry.get("end_call", False)
+            if not isinstance(end_call, bool):
+                raise self.fail(f"{where}end_call", "must be true or false")
+            words = tuple(k.strip().lower() for k in keywords or ())
+            rules.append(ScriptRule(reply or "", words, dtmf, end_call))
+        return tuple(rules)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> Agent:
+    check = _Checker(path)
+    check.unknown(data, TOP_LEVEL, "")
+    name = check.text(data, "name", "", required=False) or path.stem
+    if not NAME_RE.match(name):
+        raise check.fail("name", "use letters, digits, '-' or '_' (it appears in URLs)")
+    greeting = check.text(data, "greeting", "") or ""
+    system_prompt = check.text(data, "system_prompt", "", required=False) or ""
+    goodbye = check.text(data, "goodbye", "", required=False)
+    stt, llm, tts = check.service(data, "stt"), check.service(data, "llm"), check.service(data, "tts")
+    call = data.get("call", {})
+    if not isinstance(call, dict):
+        raise check.fail("[call]", "must be a table")
+    check.unknown(call, CALL_KEYS, "call.")
+    rules: tuple[ScriptRule, ...] = ()
+    if llm.provider == "script":
+        rules = check.rules(data["llm"])
+        check.text(llm.options, "fallback", "llm.")
+    elif not system_prompt:
+        raise check.fail("system_prompt", f"the {llm.provider} LLM needs a system prompt")
+    extra = {"goodbye": goodbye} if goodbye else {}
+    return Agent(
+        name=name,
+        path=path,
+        greeting=greeting,
+        system_prompt=system_prompt,
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        max_duration_s=check.number(call, "max_duration_s", "call.", 1800.0),
+        idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
+        rules=rules,
+        **extra,
+    )
