@@ -40,9 +40,7 @@ def test_shipped_agents_are_valid(project: Path) -> None:
 
 def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None:
     require_keys(load_agents(project / "agents", ["demo"]), {})
-    with pytest.raises(
-        MissingKeysError, match="sales needs DEEPGRAM_API_KEY, OPENAI_API_KEY, CARTESIA_API_KEY"
-    ):
+    with pytest.raises(MissingKeysError, match="sales needs DEEPGRAM_API_KEY, OPENAI_API_KEY, CARTESIA_API_KEY"):
         require_keys(load_agents(project / "agents", ["sales"]), {})
 
 

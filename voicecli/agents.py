@@ -105,9 +105,7 @@ def load_agents(agents_dir: Path, names: list[str] | None = None) -> dict[str, A
     by_name: dict[str, Agent] = {}
     for agent in agents:
         if agent.name in by_name:
-            raise AgentError(
-                f"{agent.path}: agent name '{agent.name}' is also used by {by_name[agent.name].path}"
-            )
+            raise AgentError(f"{agent.path}: agent name '{agent.name}' is also used by {by_name[agent.name].path}")
         by_name[agent.name] = agent
     return by_name
 

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -115,7 +115,7 @@ ENV_ONLY = ("VOICECLI_SECRET", "VOICECLI_API_TOKEN", "VOICECLI_CONFIG", "NGROK_A
 
 @dataclass(frozen=True)
 class Settings:
-    """The merged, validated settings in force; replace() to change, never mutate."""
+    """The merged, validated settings in force; never mutated (see with_file_changes)."""
 
     project_dir: Path
     config_path: Path
@@ -123,6 +123,8 @@ class Settings:
     sources: Mapping[str, Source]
     # Service keys (OPENAI_API_KEY, ...) and environment-only values, by variable name.
     env: Mapping[str, str] = field(default_factory=dict)
+    # What the merge started from, so a change to the file can be merged again the same way.
+    layers: tuple[Mapping[str, str], Mapping[str, Any], Mapping[str, Any]] = ({}, {}, {})
 
     def __getattr__(self, name: str) -> Any:
         # Declared settings read as attributes: settings.twilio_auth_token.
@@ -141,16 +143,21 @@ class Settings:
         """All declared settings with secrets masked, for display and the API."""
         return {s.name: mask(self.values[s.name]) if s.secret else self.values[s.name] for s in SETTINGS}
 
-    def with_values(self, changes: Mapping[str, Any], source: Source = "file") -> Settings:
-        """A copy with validated changes applied (None removes a value back to its default)."""
-        values, sources = dict(self.values), dict(self.sources)
-        for name, raw in changes.items():
-            spec = setting(name)
-            if raw is None:
-                values[name], sources[name] = spec.default, "default"
+    def with_file_changes(self, changes: Mapping[str, Any]) -> Settings:
+        """The settings after these changes to voicecli.toml (None removes a key), validated.
+
+        The environment and flags still apply as at start-up, so unsetting a key brings back
+        the environment's value, not the built-in default.
+        """
+        env, file_values, flags = self.layers
+        new_file = dict(file_values)
+        for name, value in changes.items():
+            setting(name)
+            if value is None:
+                new_file.pop(name, None)
             else:
-                values[name], sources[name] = _parse(spec, raw, source), source
-        return replace(self, values=values, sources=sources)
+                new_file[name] = value
+        return _merge(self.project_dir, self.config_path, env, new_file, flags)
 
 
 def mask(value: Any) -> Any:
@@ -220,8 +227,16 @@ def load_settings(
         config_path = Path(named) if named else project_dir / CONFIG_FILE
     if not config_path.is_absolute():
         config_path = project_dir / config_path
-    file_values = read_config_file(config_path)
+    return _merge(project_dir, config_path, env, read_config_file(config_path), flags or {})
 
+
+def _merge(
+    project_dir: Path,
+    config_path: Path,
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    flags: Mapping[str, Any],
+) -> Settings:
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     for spec in SETTINGS:
@@ -232,12 +247,12 @@ def load_settings(
         if spec.name in file_values:
             values[spec.name] = _parse(spec, file_values[spec.name], str(config_path))
             sources[spec.name] = "file"
-        if flags and flags.get(spec.name) is not None:
+        if flags.get(spec.name) is not None:
             values[spec.name] = _parse(spec, flags[spec.name], "flag")
             sources[spec.name] = "flag"
     declared = {s.env_name for s in SETTINGS}
     extra = {k: v for k, v in env.items() if k not in declared and _is_service_env(k)}
-    return Settings(project_dir, config_path, values, sources, extra)
+    return Settings(project_dir, config_path, values, sources, extra, (env, file_values, flags))
 
 
 def _is_service_env(name: str) -> bool:

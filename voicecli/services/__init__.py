@@ -71,9 +71,7 @@ SERVICES: dict[Kind, dict[str, ServiceSpec]] = {
         ),
     },
     "tts": {
-        "espeak": ServiceSpec(
-            "voicecli.services.factories:espeak_tts", frozenset({"voice", "rate_wpm"}), offline=True
-        ),
+        "espeak": ServiceSpec("voicecli.services.factories:espeak_tts", frozenset({"voice", "rate_wpm"}), offline=True),
         "openai": ServiceSpec(
             "voicecli.services.factories:openai_tts",
             _OPENAI | {"voice"},

@@ -48,9 +48,7 @@ def _openai_key(options: Mapping[str, Any], env: Mapping[str, str]) -> str:
 def deepgram_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
     from pipecat.services.deepgram.stt import DeepgramSTTService
 
-    settings = DeepgramSTTService.Settings(
-        model=options.get("model", "nova-3"), language=options.get("language", "en")
-    )
+    settings = DeepgramSTTService.Settings(model=options.get("model", "nova-3"), language=options.get("language", "en"))
     return DeepgramSTTService(api_key=env["DEEPGRAM_API_KEY"], settings=settings)
 
 
@@ -58,9 +56,7 @@ def openai_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     from pipecat.services.openai.stt import OpenAISTTService
 
     settings = OpenAISTTService.Settings(model=options.get("model", "gpt-4o-transcribe"))
-    return OpenAISTTService(
-        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings
-    )
+    return OpenAISTTService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
 
 
 def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
@@ -69,9 +65,7 @@ def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     settings = OpenAILLMService.Settings(model=options.get("model", "gpt-4.1-mini"))
     if "temperature" in options:
         settings.temperature = float(options["temperature"])
-    return OpenAILLMService(
-        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings
-    )
+    return OpenAILLMService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
 
 
 def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
@@ -80,9 +74,7 @@ def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     settings = OpenAITTSService.Settings(
         model=options.get("model", "gpt-4o-mini-tts"), voice=options.get("voice", "alloy")
     )
-    return OpenAITTSService(
-        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings
-    )
+    return OpenAITTSService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
 
 
 def cartesia_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
