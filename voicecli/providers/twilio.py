@@ -1,0 +1,349 @@
+"""Twilio: TwiML `<Connect><Stream>`, Media Streams (mu-law 8 kHz), REST hang-up.
+
+Wire details: ../shared/protocols.md section A; Twilio's docs:
+https://www.twilio.com/docs/voice/media-streams/websocket-messages
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+from xml.etree import ElementTree
+
+from voicecli.audio import ulaw_decode, ulaw_encode
+from voicecli.errors import ProviderError
+from voicecli.providers.base import (
+    AgentAudio,
+    CallerSide,
+    DialRequest,
+    InboundCall,
+    Provider,
+    SimCall,
+    StatusUpdate,
+    StreamCall,
+    StreamStart,
+    WebhookRejected,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+
+STREAM_TOKEN_PARAM = "stream_token"
+# Twilio's call states, as our record's statuses (queued and initiated are both "queued").
+STATUSES = {
+    "queued": "queued",
+    "initiated": "queued",
+    "ringing": "ringing",
+    "in-progress": "in-progress",
+    "answered": "in-progress",
+    "completed": "completed",
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "canceled": "canceled",
+    "failed": "failed",
+}
+
+
+def _twilio_client(settings: Any) -> Any:
+    """The twilio SDK's async client pointed at TWILIO_API_BASE."""
+    from twilio.http.async_http_client import AsyncTwilioHttpClient
+    from twilio.rest import Client
+
+    # An explicit environment keeps the SDK from reading TWILIO_REGION/TWILIO_EDGE from
+    # os.environ, which would rewrite the API host (protocols.md A5).
+    client = Client(
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        http_client=AsyncTwilioHttpClient(timeout=10),
+        environment={"VOICECLI": "1"},
+    )
+    client.api.base_url = settings.twilio_api_base
+    return client
+
+
+class TwilioProvider(Provider):
+    """Twilio Programmable Voice with bidirectional Media Streams."""
+
+    name = "twilio"
+    credential_settings = ("twilio_account_sid", "twilio_auth_token")
+    phone_setting = "twilio_phone_number"
+
+    def security_notes(self) -> list[str]:
+        if not self.settings.twilio_auth_token:
+            return ["TWILIO_AUTH_TOKEN not set: Twilio webhook signatures are NOT checked"]
+        return []
+
+    def _validator(self) -> Any:
+        from twilio.request_validator import RequestValidator
+
+        return RequestValidator(self.settings.twilio_auth_token)
+
+    async def _signed_params(self, request: web.Request, public_url: str) -> Mapping[str, Any]:
+        try:
+            params = await request.post() if request.method == "POST" else request.query
+        except ValueError:  # undecodable bytes in a form body
+            raise WebhookRejected(400, "malformed form body") from None
+        if self.settings.twilio_auth_token:
+            signature = request.headers.get("X-Twilio-Signature", "")
+            # GET webhooks carry their fields in the URL, which is what is signed.
+            signed = params if request.method == "POST" else {}
+            if not signature or not self._validator().validate(public_url, signed, signature):
+                raise WebhookRejected(403, "invalid or missing X-Twilio-Signature")
+        return params
+
+    async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
+        params = await self._signed_params(request, public_url)
+        call_sid = params.get("CallSid")
+        if not isinstance(call_sid, str) or not call_sid:
+            raise WebhookRejected(400, "missing CallSid: not a Twilio voice webhook")
+        return InboundCall(call_sid, _field(params, "From"), _field(params, "To"))
+
+    def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
+        from aiohttp import web
+
+        return web.Response(text=self.twiml(call, stream_url), content_type="text/xml")
+
+    def twiml(self, call: StreamCall, stream_url: str) -> str:
+        """`<Connect><Stream>` with the spec's parameters; Twilio drops query strings."""
+        from twilio.twiml.voice_response import Connect, VoiceResponse
+
+        response, connect = VoiceResponse(), Connect()
+        stream = connect.stream(url=stream_url)
+        parameters = {
+            "agent_name": call.agent,
+            "direction": call.direction,
+            "from_number": call.from_number or "",
+            "to_number": call.to_number or "",
+            "twilio_call_sid": call.provider_call_id or "",
+        }
+        if call.direction == "outbound":
+            parameters["call_id"] = call.call_id
+        parameters[STREAM_TOKEN_PARAM] = call.token
+        for name, value in parameters.items():
+            stream.parameter(name=name, value=value)
+        response.append(connect)
+        return str(response)
+
+    def check_upgrade(self, request: web.Request, public_url: str) -> None:
+        # Twilio signs the upgrade too (error 31930); check it when present, never require it.
+        signature = request.headers.get("X-Twilio-Signature")
+        if signature is None or not self.settings.twilio_auth_token:
+            return
+        parts = urlsplit(public_url)
+        candidates = {public_url}
+        for scheme in ("https", "wss", "http", "ws"):
+            candidates.add(urlunsplit((scheme, *parts[1:])))
+        validator = self._validator()
+        if not any(validator.validate(url, {}, signature) for url in candidates):
+            raise WebhookRejected(403, "invalid X-Twilio-Signature on the stream upgrade")
+
+    async def open_stream(
+        self, request: web.Request, messages: AsyncIterator[tuple[str, dict[str, Any]]]
+    ) -> StreamStart:
+        from pipecat.serializers.twilio import TwilioFrameSerializer
+
+        async for _, message in messages:
+            if message["event"] != "start":
+                continue  # `connected` comes first; nothing else matters before `start`
+            start = message.get("start")
+            if not isinstance(start, dict):
+                raise WebhookRejected(400, "start message without a start object")
+            stream_sid, call_sid = start.get("streamSid"), start.get("callSid")
+            if not isinstance(stream_sid, str) or not isinstance(call_sid, str):
+                raise WebhookRejected(400, "start message without streamSid and callSid")
+            params = start.get("customParameters")
+            params = params if isinstance(params, dict) else {}
+            serializer = TwilioFrameSerializer(
+                stream_sid, call_sid, params=TwilioFrameSerializer.InputParams(auto_hang_up=False)
+            )
+            direction = params.get("direction")
+            return StreamStart(
+                serializer=serializer,
+                stream_id=stream_sid,
+                provider_call_id=call_sid,
+                token=params.get(STREAM_TOKEN_PARAM),
+                from_number=_str(params.get("from_number")),
+                to_number=_str(params.get("to_number")),
+                direction=direction if direction in ("inbound", "outbound") else None,
+            )
+        raise WebhookRejected(400, "stream closed before its start message")
+
+    async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
+        params = await self._signed_params(request, public_url)
+        status = STATUSES.get(str(params.get("CallStatus", "")))
+        if status is None:
+            raise WebhookRejected(400, "missing or unknown CallStatus")
+        return StatusUpdate(_field(params, "CallSid"), status, f"Twilio: {params.get('CallStatus')}")
+
+    async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
+        from twilio.base.exceptions import TwilioRestException
+
+        client = _twilio_client(self.settings)
+        try:
+            call = await client.calls.create_async(
+                to=request.to_number,
+                from_=request.from_number,
+                twiml=self.twiml(request.call, request.stream_url),
+                status_callback=request.status_url,
+                status_callback_event=["initiated", "ringing", "answered", "completed"],
+                status_callback_method="POST",
+            )
+        except TwilioRestException as exc:
+            raise ProviderError(f"Twilio refused the call: HTTP {exc.status}: {exc.msg}") from None
+        except Exception as exc:  # timeouts, refused connections, malformed answers
+            raise ProviderError(f"Twilio could not be reached: {type(exc).__name__}: {exc}") from None
+        finally:
+            await client.http_client.close()
+        if not isinstance(getattr(call, "sid", None), str) or not call.sid:
+            raise ProviderError("Twilio's answer had no call sid")
+        return call.sid
+
+    async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
+        missing = self.missing_credentials()
+        if missing:
+            return f"not hung up through Twilio's API: {', '.join(missing)} not set"
+        if not provider_call_id:
+            return "not hung up through Twilio's API: no call sid"
+        from twilio.base.exceptions import TwilioRestException
+
+        client = _twilio_client(self.settings)
+        try:
+            await client.calls(provider_call_id).update_async(status="completed")
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                return "call had already ended at Twilio"
+            return f"Twilio refused the hang-up: HTTP {exc.status} {exc.msg}"
+        except Exception as exc:  # network failures: the call still ends on our side
+            return f"Twilio hang-up failed: {type(exc).__name__}: {exc}"
+        finally:
+            await client.http_client.close()
+        return "hung up through Twilio's REST API"
+
+
+def _stream_of(twiml: str) -> tuple[str, dict[str, str]]:
+    """The stream URL and parameters of a `<Connect><Stream>` TwiML document."""
+    stream = ElementTree.fromstring(twiml).find("./Connect/Stream")
+    if stream is None or not stream.get("url"):
+        raise WebhookRejected(502, "the TwiML has no <Connect><Stream url>")
+    return stream.get("url", ""), {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+
+
+def _field(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class TwilioCaller(CallerSide):
+    """Twilio's end of a call: signed webhook, TwiML, Media Streams messages."""
+
+    frame_ms = 20
+
+    def new_call(self, from_number: str, to_number: str) -> SimCall:
+        return SimCall(
+            provider_call_id="CA" + secrets.token_hex(16),
+            stream_id="MZ" + secrets.token_hex(16),
+            from_number=from_number,
+            to_number=to_number,
+            account_id=self.settings.twilio_account_sid or "AC" + "0" * 32,
+        )
+
+    async def ring(
+        self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
+    ) -> tuple[str, dict[str, str]]:
+        from twilio.request_validator import RequestValidator
+
+        path = f"/telephony/twilio/inbound/{agent}"
+        form = {
+            "AccountSid": call.account_id,
+            "ApiVersion": "2010-04-01",
+            "CallSid": call.provider_call_id,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": call.from_number,
+            "To": call.to_number,
+            "Caller": call.from_number,
+            "Called": call.to_number,
+        }
+        headers = {"User-Agent": "TwilioProxy/1.1"}
+        token = self.settings.twilio_auth_token
+        if token:
+            # Twilio signs the URL it was configured with: the public one.
+            signed_url = (self.settings.public_base_url or server_url) + path
+            headers["X-Twilio-Signature"] = RequestValidator(token).compute_signature(signed_url, form)
+        async with http.post(server_url + path, data=form, headers=headers) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise WebhookRejected(resp.status, body.strip() or resp.reason or "")
+        return _stream_of(body)
+
+    async def pick_up(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> tuple[str, dict[str, str]]:
+        return _stream_of(str(dial["Twiml"]))
+
+    def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [
+            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "start": {
+                    "accountSid": call.account_id,
+                    "streamSid": call.stream_id,
+                    "callSid": call.provider_call_id,
+                    "tracks": ["inbound"],
+                    "customParameters": dict(parameters),
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+                "streamSid": call.stream_id,
+            },
+        ]
+
+    def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
+        chunk = seq - 1  # sequence 1 is `start`
+        return {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str((chunk - 1) * self.frame_ms),
+                "payload": base64.b64encode(ulaw_encode(pcm16_8k)).decode(),
+            },
+            "streamSid": call.stream_id,
+        }
+
+    def dtmf(self, call: SimCall, digit: str, seq: int) -> dict[str, Any]:
+        return {
+            "event": "dtmf",
+            "sequenceNumber": str(seq),
+            "streamSid": call.stream_id,
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+
+    def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
+        return {
+            "event": "stop",
+            "sequenceNumber": str(seq),
+            "streamSid": call.stream_id,
+            "stop": {"accountSid": call.account_id, "callSid": call.provider_call_id},
+        }
+
+    def read(self, message: Mapping[str, Any]) -> AgentAudio:
+        event = str(message.get("event"))
+        if event == "media":
+            payload = message.get("media", {}).get("payload", "")
+            return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
+        return AgentAudio(b"", event, message)
+
+
+provider = TwilioProvider
+caller = TwilioCaller
