@@ -1,0 +1,88 @@
+"""The management API under /api: call records now, settings and dialling as they land.
+
+Every /api route needs `Authorization: Bearer <token>`: a tunnel puts this server on the
+internet, and the API must not be open to whoever finds the URL.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from voicecli.server_state import STATE
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse /api requests without the server's bearer token (constant-time compare)."""
+    if request.path.startswith("/api/") or request.path == "/api":
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = request.app[STATE].api_token
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return web.json_response(
+                {"error": "missing or wrong API token: send Authorization: Bearer <token>"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise web.HTTPUnprocessableEntity(
+            text='{"error": "limit must be a whole number from 1 to 1000"}', content_type="application/json"
+        )
+    return int(raw)
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    """Recent calls, newest first; filters: status, provider, agent, active=1, limit."""
+    state = request.app[STATE]
+    query = request.query
+    records = await state.store.list(
+        limit=_limit(request),
+        status=query.get("status") or None,
+        provider=query.get("provider") or None,
+        agent=query.get("agent") or None,
+        active_only=query.get("active") in ("1", "true", "yes"),
+    )
+    return web.json_response([record.to_json() for record in records])
+
+
+async def get_call(request: web.Request) -> web.Response:
+    """One call with its transcript."""
+    state = request.app[STATE]
+    record = await state.store.get(request.match_info["call_id"])
+    if record is None:
+        return web.json_response({"error": f"no call {request.match_info['call_id']}"}, status=404)
+    return web.json_response(record.to_json(await state.store.transcript(record.id)))
+
+
+async def status(request: web.Request) -> web.Response:
+    """What this server serves and each provider's active calls against its limit."""
+    state = request.app[STATE]
+    from voicecli.providers import PROVIDERS
+
+    providers = {
+        name: {"active": state.limiter.in_use(name), "limit": state.provider(name).max_concurrent} for name in PROVIDERS
+    }
+    return web.json_response(
+        {
+            "agents": sorted(state.agents),
+            "default_provider": state.settings.provider,
+            "providers": providers,
+            "draining": state.draining,
+        }
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/calls", list_calls)
+    app.router.add_get("/api/calls/{call_id}", get_call)
+    app.router.add_get("/api/status", status)

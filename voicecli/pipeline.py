@@ -1,0 +1,88 @@
+"""One call's pipecat pipeline: transport in, STT, user turn, LLM, TTS, transport out.
+
+Turn-taking: Silero VAD with Smart Turn v3 deciding when the caller has finished, the
+same strategy pipecat's telephony examples use, with both models shared across calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.transports.base_transport import TransportParams
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from voicecli.agents import Agent
+from voicecli.services import SERVICES, create_service
+from voicecli.shared_models import SharedSileroVAD, SharedSmartTurn
+from voicecli.transport import CallLine, WebsocketTransport
+
+# Telephony audio is 8 kHz. The pipeline hears at 16 kHz (what VAD, Smart Turn and the
+# recognisers are trained on) and speaks at 8 kHz, so output needs no resampling on the wire.
+AUDIO_IN_RATE = 16000
+AUDIO_OUT_RATE = 8000
+
+TranscriptSink = Callable[[str, str], Awaitable[None]]
+
+
+def build_task(
+    agent: Agent,
+    line: CallLine,
+    env: Mapping[str, str],
+    on_transcript: TranscriptSink,
+) -> PipelineWorker:
+    """The pipeline task for one call, with the transcript written as the call goes."""
+    params = TransportParams(
+        audio_in_enabled=True,
+        audio_out_enabled=True,
+        audio_in_sample_rate=AUDIO_IN_RATE,
+        audio_out_sample_rate=AUDIO_OUT_RATE,
+    )
+    transport = WebsocketTransport(line, params)
+    stt = create_service("stt", agent, env)
+    llm = create_service("llm", agent, env)
+    tts = create_service("tts", agent, env)
+
+    messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+    context = LLMContext(messages)
+    strategies = UserTurnStrategies(stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=SharedSmartTurn())])
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(vad_analyzer=SharedSileroVAD(), user_turn_strategies=strategies),
+    )
+
+    processors: list[Any] = [transport.input(), stt]
+    if not SERVICES["llm"][agent.llm.provider].reads_dtmf:
+        # Cloud LLMs hear key presses as text ("DTMF: 1"); the script reads them directly.
+        processors.append(DTMFAggregator())
+    processors += [aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
+
+    task = PipelineWorker(
+        Pipeline(processors),
+        params=PipelineParams(audio_in_sample_rate=AUDIO_IN_RATE, audio_out_sample_rate=AUDIO_OUT_RATE),
+        idle_timeout_secs=agent.idle_timeout_s,
+        # The session ends an idle call politely (goodbye, hang-up) instead of cancelling it.
+        cancel_on_idle_timeout=False,
+        enable_rtvi=False,
+    )
+
+    @aggregators.user().event_handler("on_user_turn_stopped")
+    async def _caller_said(aggregator: Any, strategy: Any, message: Any) -> None:
+        if message.content:
+            await on_transcript("caller", message.content)
+
+    @aggregators.assistant().event_handler("on_assistant_turn_stopped")
+    async def _agent_said(aggregator: Any, message: Any) -> None:
+        if message.content:
+            await on_transcript("agent", message.content)
+
+    return task

@@ -1,0 +1,105 @@
+"""The aiohttp server: app factory, routes, lifecycle and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from loguru import logger
+
+from voicecli import api, outbound, settings_api, telephony
+from voicecli.server_state import STATE, ServerState
+from voicecli.state import ServerInfo, forget_server, record_server
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"ok": True, "draining": state.draining, "active_calls": len(state.sessions)})
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await state.store.open()
+    interrupted = await state.store.mark_interrupted()
+    if interrupted:
+        logger.warning(f"{interrupted} call(s) left open by a server that was killed: marked interrupted")
+    state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    yield
+    state.cancel_timers()
+    await state.http.close()
+    await state.store.close()
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    # Twilio may be configured to use GET for its voice webhook; POST is the default.
+    app.router.add_post("/telephony/{provider}/inbound/{agent_name}", telephony.inbound_webhook)
+    app.router.add_get("/telephony/{provider}/inbound/{agent_name}", telephony.inbound_webhook)
+    app.router.add_get("/ws/{provider}/{agent_name}", telephony.media_stream)
+    app.router.add_post("/telephony/{provider}/status", telephony.status_callback)
+    app.router.add_post("/telephony/{provider}/status/{call_id}", telephony.status_callback)
+    api.setup_routes(app)
+    outbound.setup_routes(app)
+    settings_api.setup_routes(app)
+
+
+def create_app(state: ServerState) -> web.Application:
+    """The voicecli web application around `state`."""
+    app = web.Application(middlewares=[api.bearer_auth], client_max_size=1024 * 1024)
+    app[STATE] = state
+    app.cleanup_ctx.append(_resources)
+    setup_routes(app)
+    return app
+
+
+async def serve(
+    state: ServerState,
+    host: str,
+    port: int,
+    drain_timeout: float,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; drain calls on the first signal, cut them on the second."""
+    app = create_app(state)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        from voicecli.errors import VoicecliError
+
+        raise VoicecliError(f"cannot listen on {host}:{port}: {exc.strerror}. Try --port.") from None
+    bound_port = runner.addresses[0][1] if runner.addresses else port
+    url = f"http://{host}:{bound_port}"
+    record_server(state.settings.state_dir, ServerInfo(url, os.getpid(), sorted(state.agents)))
+
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("second signal: ending every call now")
+            force.set()
+        else:
+            logger.info("stopping: no new calls; active calls may finish (Ctrl-C again to stop at once)")
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        if on_started:
+            on_started(url)
+        await stop.wait()
+        await state.drain(drain_timeout, force)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        forget_server(state.settings.state_dir, os.getpid())
+        await runner.cleanup()
+        logger.info("server stopped")

@@ -1,0 +1,139 @@
+"""One live call: its pipeline, how it ends, and its record closed exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.workers.runner import WorkerRunner
+
+from voicecli.pipeline import build_task
+from voicecli.transport import CallLine
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+
+    from voicecli.agents import Agent
+    from voicecli.limits import Slot
+    from voicecli.providers.base import Provider, StreamStart
+    from voicecli.store import CallStore
+
+# How long a polite ending (goodbye, then hang-up) may take before the call is cut.
+POLITE_END_LIMIT_S = 15.0
+
+
+class CallSession:
+    """Runs one call's pipeline over its media WebSocket and closes its record."""
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        agent: Agent,
+        provider: Provider,
+        start: StreamStart,
+        ws: web.WebSocketResponse,
+        messages: AsyncIterator[tuple[str, dict[str, Any]]],
+        store: CallStore,
+        http: aiohttp.ClientSession,
+        env: dict[str, str],
+        slot: Slot,
+    ):
+        self.call_id = call_id
+        self.agent = agent
+        self.provider = provider
+        self.start = start
+        self.ws = ws
+        self.store = store
+        self.http = http
+        self.slot = slot
+        self.log = logger.bind(call_id=call_id)
+        self.end_reason: str | None = None
+        self.caller_gone = False
+        self.forced = False
+        self.line = CallLine(ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log)
+        self.task = build_task(agent, self.line, env, self._transcript)
+        self._timers: list[asyncio.TimerHandle] = []
+        self._pending: set[asyncio.Task[Any]] = set()
+
+        @self.task.event_handler("on_idle_timeout")
+        async def _idle(task: Any) -> None:
+            await self.end("caller silent too long (idle timeout)")
+
+    async def run(self) -> None:
+        """Run the call to its end; the record is closed whatever happens."""
+        status, error = "completed", None
+        loop = asyncio.get_running_loop()
+        self._timers.append(
+            loop.call_later(self.agent.max_duration_s, self._spawn, self.end, "maximum call duration reached")
+        )
+        try:
+            runner = WorkerRunner(handle_sigint=False)
+            await runner.add_workers(self.task)
+            if self.agent.greeting:
+                await self.task.queue_frame(TTSSpeakFrame(self.agent.greeting))
+            await runner.run()
+        except asyncio.CancelledError:
+            self.forced = True
+            raise
+        except Exception as exc:  # a pipeline failure ends this call, never the server
+            status, error = "failed", f"pipeline error: {type(exc).__name__}: {exc}"
+            self.log.exception("pipeline failed")
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            await asyncio.shield(self._close(status, error))
+
+    async def _close(self, status: str, error: str | None) -> None:
+        try:
+            reason = error or self.end_reason or "agent ended the call"
+            if self.forced:
+                status, reason = "interrupted", self.end_reason or "server stopped during the call"
+            elif not self.caller_gone and not error:
+                # The server ended the call while the caller is on the line: let the last
+                # words play, then hang up the way the provider needs.
+                await self.line.wait_playout()
+                await self.provider.end_stream(self.ws, self.start)
+                done = await self.provider.hang_up(self.http, self.start.provider_call_id)
+                self.log.info(done)
+                reason = f"{reason}; {done}"
+            await self.line.close()
+        finally:
+            self.slot.release()
+            await self.store.finish(self.call_id, status, reason)  # type: ignore[arg-type]
+            self.log.info(f"call ended: {status} ({reason}); {self.line.bad_messages} bad messages skipped")
+
+    def _spawn(self, method: Any, reason: str) -> None:
+        task = asyncio.ensure_future(method(reason))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _transcript(self, role: str, text: str) -> None:
+        self.log.info(f"{role}: {text}")
+        await self.store.add_transcript(self.call_id, role, text)  # type: ignore[arg-type]
+
+    async def _caller_gone(self, reason: str) -> None:
+        self.caller_gone = True
+        if self.end_reason is None:
+            self.end_reason = reason
+        await self.task.cancel(reason=reason)
+
+    async def end(self, reason: str) -> None:
+        """End the call politely: say goodbye, let it play, then hang up."""
+        if self.end_reason is not None or self.caller_gone:
+            return
+        self.end_reason = reason
+        self.log.info(f"ending call: {reason}")
+        await self.task.queue_frames([TTSSpeakFrame(self.agent.goodbye), EndFrame()])
+        self._timers.append(asyncio.get_running_loop().call_later(POLITE_END_LIMIT_S, self._spawn, self.cut, reason))
+
+    async def cut(self, reason: str) -> None:
+        """End the call now, without a goodbye (second Ctrl-C, or a goodbye that hung)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.forced = True
+        await self.task.cancel(reason=reason)

@@ -1,0 +1,238 @@
+"""A pipecat transport over an aiohttp WebSocket, driven by the provider's serializer.
+
+pipecat ships only a FastAPI/Starlette WebSocket transport (../shared/pipecat-notes.md), so
+this is the aiohttp pair. Every inbound message is handled on its own: what the serializer
+raises for one message is counted and logged, never the end of the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InputTransportMessageFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputTransportMessageFrame,
+    OutputTransportMessageUrgentFrame,
+    StartFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.serializers.base_serializer import FrameSerializer
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+Messages = AsyncIterator[tuple[str, dict[str, Any]]]
+
+
+class CallLine:
+    """The shared state of one call's socket: who closed it, and when its audio ends playing."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        messages: Messages,
+        serializer: FrameSerializer,
+        is_stop: Callable[[dict[str, Any]], bool],
+        on_caller_gone: Callable[[str], Awaitable[None]],
+        log: Any = logger,
+    ):
+        self.ws = ws
+        self.messages = messages
+        self.serializer = serializer
+        self.is_stop = is_stop
+        self.on_caller_gone = on_caller_gone
+        self.log = log
+        self.bad_messages = 0
+        self.audio_sent_s = 0.0
+        # Monotonic time at which the caller will have heard everything sent so far.
+        self.playout_end = 0.0
+
+    @property
+    def open(self) -> bool:
+        return not self.ws.closed
+
+    async def send(self, payload: str | bytes) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            if isinstance(payload, bytes):
+                await self.ws.send_bytes(payload)
+            else:
+                await self.ws.send_str(payload)
+        except (ConnectionError, RuntimeError) as exc:
+            self.log.debug(f"send failed, socket closing: {exc}")
+            return False
+        return True
+
+    def note_audio(self, seconds: float) -> None:
+        now = time.monotonic()
+        self.playout_end = max(self.playout_end, now) + seconds
+        self.audio_sent_s += seconds
+
+    async def wait_playout(self, limit_s: float = 15.0) -> None:
+        """Wait until the caller has heard the audio already sent (bounded)."""
+        delay = min(limit_s, self.playout_end - time.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close()
+
+
+class WebsocketInput(BaseInputTransport):
+    """Reads provider messages, turns them into frames, and notices the caller leaving."""
+
+    def __init__(self, line: CallLine, params: TransportParams, **kwargs):
+        super().__init__(params, **kwargs)
+        self._line = line
+        self._receive_task: asyncio.Task | None = None
+
+    async def setup(self, setup: FrameProcessorSetup):
+        await super().setup(setup)
+        await self._line.serializer.setup(setup)
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        if not self._receive_task:
+            self._receive_task = self.create_task(self._receive())
+        await self.set_transport_ready(frame)
+
+    async def stop(self, frame: EndFrame):
+        await super().stop(frame)
+        await self._stop_receiving()
+
+    async def cancel(self, frame: CancelFrame):
+        await super().cancel(frame)
+        await self._stop_receiving()
+
+    async def _stop_receiving(self) -> None:
+        if self._receive_task:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+
+    async def _receive(self) -> None:
+        line = self._line
+        reason = "caller hung up"
+        async for text, message in line.messages:
+            if line.is_stop(message):
+                break
+            try:
+                frame = await line.serializer.deserialize(text)
+            except Exception as exc:  # serializers raise on malformed payloads
+                line.bad_messages += 1
+                line.log.warning(f"skipped a bad {message.get('event')!r} message: {type(exc).__name__}: {exc}")
+                continue
+            if frame is None:
+                continue
+            if isinstance(frame, InputAudioRawFrame):
+                await self.push_audio_frame(frame)
+            elif isinstance(frame, InputTransportMessageFrame):
+                await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
+            else:
+                await self.push_frame(frame)
+        else:
+            reason = "caller hung up (stream closed)"
+        await line.on_caller_gone(reason)
+
+
+class WebsocketOutput(BaseOutputTransport):
+    """Serializes the pipeline's audio and control frames onto the socket, paced."""
+
+    def __init__(self, line: CallLine, params: TransportParams, **kwargs):
+        super().__init__(params, **kwargs)
+        self._line = line
+        self._send_interval = 0.0
+        self._next_send_time = 0.0
+
+    async def setup(self, setup: FrameProcessorSetup):
+        await super().setup(setup)
+        await self._line.serializer.setup(setup)
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        # Send at twice real time, as pipecat's own transports do: the provider buffers,
+        # and barge-in (`clear`) discards what is buffered.
+        self._send_interval = (self.audio_chunk_size / self.sample_rate) / 2
+        await self.set_transport_ready(frame)
+
+    async def stop(self, frame: EndFrame):
+        await super().stop(frame)
+        await self._write_frame(frame)
+
+    async def cancel(self, frame: CancelFrame):
+        await super().cancel(frame)
+        await self._write_frame(frame)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            await self._write_frame(frame)
+            self._next_send_time = 0.0
+            self._line.playout_end = time.monotonic()
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        # The end of an utterance: a serializer that buffers audio into provider-sized
+        # messages (Exotel's 320-byte rule) sends its padded tail now, not with the next one.
+        if isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            flush = getattr(self._line.serializer, "flush", None)
+            if flush is not None and self._line.open and (payload := flush()):
+                await self._line.send(payload)
+        await super().push_frame(frame, direction)
+
+    async def send_message(self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
+        await self._write_frame(frame)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        if not self._line.open:
+            return False
+        frame = OutputAudioRawFrame(
+            audio=frame.audio, sample_rate=self.sample_rate, num_channels=self._params.audio_out_channels
+        )
+        if not await self._write_frame(frame):
+            return False
+        self._line.note_audio(len(frame.audio) / (2 * self.sample_rate * frame.num_channels))
+        now = time.monotonic()
+        delay = max(0.0, self._next_send_time - now)
+        await asyncio.sleep(delay)
+        self._next_send_time = (now if delay == 0 else self._next_send_time) + self._send_interval
+        return True
+
+    async def _write_frame(self, frame: Frame) -> bool:
+        if not self._line.open:
+            return False
+        try:
+            payload = await self._line.serializer.serialize(frame)
+        except Exception as exc:
+            self._line.log.error(f"cannot serialize {frame.name}: {type(exc).__name__}: {exc}")
+            return False
+        if payload:
+            return await self._line.send(payload)
+        return True
+
+
+class WebsocketTransport(BaseTransport):
+    """The input/output pair for one call's media WebSocket."""
+
+    def __init__(self, line: CallLine, params: TransportParams):
+        super().__init__()
+        self._input = WebsocketInput(line, params, name="ws-input")
+        self._output = WebsocketOutput(line, params, name="ws-output")
+
+    def input(self) -> WebsocketInput:
+        return self._input
+
+    def output(self) -> WebsocketOutput:
+        return self._output
