@@ -1,0 +1,374 @@
+"""Exotel: the Voicebot applet's stream (PCM16 8 kHz), its dynamic-URL and ExoML answers.
+
+Wire details: ../shared/protocols.md section B; Exotel's docs:
+https://developer.exotel.com/docs/agentstream/websocket-protocol
+Exotel signs nothing: streams are authorized by the token the webhook put in their URL,
+or in static mode by EXOTEL_STREAM_SECRET given as ?secret=... in the pasted URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+from xml.etree import ElementTree
+
+from pipecat.frames.frames import AudioRawFrame, CancelFrame, EndFrame, Frame, InterruptionFrame
+from pipecat.serializers.exotel import ExotelFrameSerializer
+
+from voicecli.errors import ProviderError
+from voicecli.providers.base import (
+    AgentAudio,
+    CallerSide,
+    DialRequest,
+    InboundCall,
+    Provider,
+    SimCall,
+    StatusUpdate,
+    StreamCall,
+    StreamStart,
+    WebhookRejected,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+
+TOKEN_PARAM = "token"
+SECRET_PARAM = "secret"
+# Exotel's StatusCallback states (protocols.md B5), as our record's statuses.
+STATUSES = {
+    "completed": "completed",
+    "failed": "failed",
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "in-progress": "in-progress",
+    "answered": "in-progress",
+    "ringing": "ringing",
+}
+
+
+class ExotelChunkingSerializer(ExotelFrameSerializer):
+    """pipecat's Exotel serializer, with outbound audio re-chunked to Exotel's rule.
+
+    Every media message must be a multiple of 320 bytes, at least 3,200 bytes and at most
+    100 KB; shorter or odd-sized messages cause jitter and 20 ms gaps (protocols.md B2).
+    Audio is buffered until a valid message can be sent; the tail of each utterance is
+    padded with silence and sent when the bot stops speaking (flush) or the call ends.
+    """
+
+    STEP = 320
+    MIN = 3200
+    MAX = 99_840  # the largest multiple of 320 under 100 KB
+
+    def __init__(self, stream_sid: str, call_sid: str | None = None, params: Any = None):
+        super().__init__(stream_sid, call_sid, params)
+        self._pending = bytearray()
+
+    def _media(self, pcm: bytes) -> str:
+        payload = base64.b64encode(pcm).decode("ascii")
+        return json.dumps({"event": "media", "stream_sid": self._stream_sid, "media": {"payload": payload}})
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        if isinstance(frame, InterruptionFrame):
+            self._pending.clear()  # barge-in: what was not sent is never to be heard
+            return await super().serialize(frame)
+        if isinstance(frame, AudioRawFrame):
+            pcm = await self._output_resampler.resample(frame.audio, frame.sample_rate, self._exotel_sample_rate)
+            self._pending += pcm or b""
+            size = min(len(self._pending) - len(self._pending) % self.STEP, self.MAX)
+            if size < self.MIN:
+                return None
+            chunk = bytes(self._pending[:size])
+            del self._pending[:size]
+            return self._media(chunk)
+        if isinstance(frame, EndFrame | CancelFrame):
+            return self.flush()
+        return await super().serialize(frame)
+
+    def flush(self) -> str | None:
+        """Send what is buffered, padded with silence to a valid size (end of an utterance)."""
+        if not self._pending:
+            return None
+        size = max(self.MIN, -(-len(self._pending) // self.STEP) * self.STEP)
+        chunk = bytes(self._pending) + bytes(size - len(self._pending))
+        self._pending.clear()
+        return self._media(chunk)
+
+
+def _prefers_json(request: web.Request) -> bool:
+    """GET, or an Accept header that ranks application/json above XML (dynamic-URL mode)."""
+    if request.method == "GET":
+        return True
+    best: dict[str, float] = {}
+    for part in request.headers.get("Accept", "").split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        best[media.lower()] = max(q, best.get(media.lower(), 0.0))
+    json_q = best.get("application/json", 0.0)
+    xml_q = max(best.get("application/xml", 0.0), best.get("text/xml", 0.0))
+    return json_q > 0 and json_q > xml_q
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+class ExotelProvider(Provider):
+    """Exotel Voicebot applet (bidirectional stream)."""
+
+    name = "exotel"
+    credential_settings = ("exotel_account_sid", "exotel_api_key", "exotel_api_token")
+    phone_setting = "exotel_phone_number"
+    frame_ms = 100
+
+    def security_notes(self) -> list[str]:
+        if not self.settings.exotel_stream_secret:
+            return [
+                "EXOTEL_STREAM_SECRET not set: a static Exotel stream URL is accepted from anyone "
+                "who finds it (Exotel signs nothing); set it and add ?secret=... to the pasted URL"
+            ]
+        return []
+
+    async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
+        try:
+            params: Mapping[str, Any] = request.query if request.method == "GET" else await _body(request)
+        except ValueError:
+            raise WebhookRejected(400, "malformed request body") from None
+        # Exotel's applet fetch is documented loosely (protocols.md B3): a missing CallSid is
+        # taken from the stream's start message instead of refusing the call.
+        return InboundCall(
+            _text(params, "CallSid"),
+            _text(params, "CallFrom") or _text(params, "From"),
+            _text(params, "CallTo") or _text(params, "To"),
+        )
+
+    def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
+        from aiohttp import web
+
+        url = _with_query(stream_url, {TOKEN_PARAM: call.token})
+        if _prefers_json(request):
+            return web.json_response({"url": url})
+        response = ElementTree.Element("Response")
+        connect = ElementTree.SubElement(response, "Connect")
+        ElementTree.SubElement(connect, "Stream", url=url)
+        body = '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
+        return web.Response(text=body, content_type="application/xml")
+
+    async def open_stream(
+        self, request: web.Request, messages: AsyncIterator[tuple[str, dict[str, Any]]]
+    ) -> StreamStart:
+        async for _, message in messages:
+            if message["event"] != "start":
+                continue  # `connected` comes first
+            start = message.get("start")
+            if not isinstance(start, dict):
+                raise WebhookRejected(400, "start message without a start object")
+            stream_sid = start.get("stream_sid") or message.get("stream_sid")
+            call_sid = start.get("call_sid")
+            if not isinstance(stream_sid, str) or not isinstance(call_sid, str):
+                raise WebhookRejected(400, "start message without stream_sid and call_sid")
+            custom = start.get("custom_parameters")
+            custom = custom if isinstance(custom, dict) else {}
+            token = request.query.get(TOKEN_PARAM) or custom.get(TOKEN_PARAM)
+            secret = request.query.get(SECRET_PARAM) or custom.get(SECRET_PARAM)
+            return StreamStart(
+                serializer=ExotelChunkingSerializer(stream_sid, call_sid),
+                stream_id=stream_sid,
+                provider_call_id=call_sid,
+                token=token if isinstance(token, str) else None,
+                from_number=_text(start, "from"),
+                to_number=_text(start, "to"),
+                extra={"secret": secret if isinstance(secret, str) else ""},
+            )
+        raise WebhookRejected(400, "stream closed before its start message")
+
+    def stream_token_fallback(self, request: web.Request, start: StreamStart) -> bool:
+        """Static mode: the pasted URL carries ?secret=...; with no secret configured, anyone."""
+        configured = self.settings.exotel_stream_secret
+        if not configured:
+            return True
+        given = str(start.extra.get("secret", ""))
+        return hmac.compare_digest(given.encode(), configured.encode())
+
+    async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
+        return "ended by closing the stream (Exotel has no hang-up call for it)"
+
+    async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
+        """Calls/connect.json in Connect-Voice-AI mode: the stream URL goes in StreamUrl (B4)."""
+        import aiohttp
+
+        settings = self.settings
+        url = f"{settings.exotel_api_base}/v1/Accounts/{settings.exotel_account_sid}/Calls/connect.json"
+        form = [
+            ("From", request.to_number),  # Exotel dials `From` first: the customer
+            ("CallerId", request.from_number),
+            ("StreamUrl", _with_query(request.stream_url, {TOKEN_PARAM: request.call.token})),
+            ("StreamType", "bidirectional"),
+            ("StatusCallback", request.status_url),
+            ("StatusCallbackEvents[0]", "terminal"),
+            ("StatusCallbackEvents[1]", "answered"),
+            ("CustomField", request.call.call_id),
+        ]
+        headers = {"Authorization": _basic_auth(settings.exotel_api_key, settings.exotel_api_token)}
+        try:
+            async with http.post(url, data=form, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise ProviderError(f"Exotel refused the call: HTTP {resp.status}: {_exotel_error(text)}")
+                data = json.loads(text)
+        except ProviderError:
+            raise
+        except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
+            raise ProviderError(f"Exotel could not be reached or answered badly: {type(exc).__name__}: {exc}") from None
+        call = data.get("Call") or data.get("call") if isinstance(data, dict) else None
+        sid = (call.get("Sid") or call.get("sid")) if isinstance(call, dict) else None
+        if not isinstance(sid, str) or not sid:
+            raise ProviderError("Exotel's answer had no Call Sid")
+        return sid
+
+    async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
+        try:
+            params = await _body(request)
+        except ValueError:
+            raise WebhookRejected(400, "malformed request body") from None
+        raw = str(params.get("Status") or params.get("CallStatus") or "").lower()
+        answered = str(params.get("EventType", "")).lower() == "answered"
+        status = "in-progress" if answered else STATUSES.get(raw)
+        if status is None:
+            raise WebhookRejected(400, "missing or unknown Status")
+        return StatusUpdate(_text(params, "CallSid"), status, f"Exotel: {raw or 'answered'}", answered)
+
+
+def _exotel_error(text: str) -> str:
+    try:
+        data = json.loads(text)
+        message = data.get("RestException", {}).get("Message") if isinstance(data, dict) else None
+        return str(message or text[:200])
+    except ValueError:
+        return text[:200]
+
+
+async def _body(request: web.Request) -> Mapping[str, Any]:
+    if request.content_type == "application/json":
+        data = await request.json()
+        if not isinstance(data, dict):
+            raise ValueError("JSON body is not an object")
+        return data
+    return await request.post()
+
+
+def _text(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+class ExotelCaller(CallerSide):
+    """Exotel's end: the applet fetches the dynamic URL, then streams 100 ms PCM frames."""
+
+    frame_ms = 100
+
+    def new_call(self, from_number: str, to_number: str) -> SimCall:
+        return SimCall(
+            provider_call_id=secrets.token_hex(16),
+            stream_id="MZ" + secrets.token_hex(16),
+            from_number=from_number,
+            to_number=to_number,
+            account_id=self.settings.exotel_account_sid or "voicecli1",
+        )
+
+    async def ring(
+        self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
+    ) -> tuple[str, dict[str, str]]:
+        query = {"CallSid": call.provider_call_id, "CallFrom": call.from_number, "CallTo": call.to_number}
+        async with http.get(f"{server_url}/telephony/exotel/inbound/{agent}", params=query) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise WebhookRejected(resp.status, body.strip())
+        url = json.loads(body)["url"]
+        # Exotel hands the URL's query back as custom_parameters (at most 3 pairs).
+        custom = dict(parse_qsl(urlsplit(url).query)[:3])
+        return url, custom
+
+    async def pick_up(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> tuple[str, dict[str, str]]:
+        url = str(dial["StreamUrl"])
+        return url, dict(parse_qsl(urlsplit(url).query)[:3])
+
+    def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [
+            {"event": "connected"},
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "stream_sid": call.stream_id,
+                "start": {
+                    "stream_sid": call.stream_id,
+                    "call_sid": call.provider_call_id,
+                    "account_sid": call.account_id,
+                    "from": call.from_number,
+                    "to": call.to_number,
+                    "custom_parameters": dict(parameters),
+                    "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
+                },
+            },
+        ]
+
+    def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
+        chunk = seq - 1
+        return {
+            "event": "media",
+            "sequence_number": str(seq),
+            "stream_sid": call.stream_id,
+            "media": {
+                "chunk": str(chunk),
+                "timestamp": str((chunk - 1) * self.frame_ms),
+                "payload": base64.b64encode(pcm16_8k).decode(),
+            },
+        }
+
+    def dtmf(self, call: SimCall, digit: str, seq: int) -> dict[str, Any]:
+        return {
+            "event": "dtmf",
+            "sequence_number": str(seq),
+            "stream_sid": call.stream_id,
+            "dtmf": {"digit": digit, "duration": "100"},
+        }
+
+    def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
+        return {
+            "event": "stop",
+            "sequence_number": str(seq),
+            "stream_sid": call.stream_id,
+            "stop": {
+                "call_sid": call.provider_call_id,
+                "account_sid": call.account_id,
+                "reason": "callended",
+            },
+        }
+
+    def read(self, message: Mapping[str, Any]) -> AgentAudio:
+        event = str(message.get("event"))
+        if event == "media":
+            return AgentAudio(base64.b64decode(message.get("media", {}).get("payload", "")), "media", message)
+        return AgentAudio(b"", event, message)
+
+
+provider = ExotelProvider
+caller = ExotelCaller
+
+
+def _basic_auth(login: str, password: str) -> str:
+    # Built by hand: aiohttp 3.14 deprecates BasicAuth and older versions lack encode_basic_auth.
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
