@@ -29,24 +29,36 @@ def _shown(name: str, value: object) -> str:
 @app.command("set")
 def set_(key: str, value: str, config: Config = None) -> None:
     """Set KEY to VALUE in voicecli.toml (it overrides the environment's default)."""
+    from voicecli.client import running_client
     from voicecli.config_file import update_config_file
     from voicecli.settings import validate_value
 
     settings = _load(config)
-    validate_value(key, value)
+    shown = _shown(key, validate_value(key, value))
+    server = running_client(settings)
+    if server is not None:
+        # The running server applies it at once and writes voicecli.toml itself.
+        server.request("PUT", "/api/settings/telephony", body={key: value})
+        typer.echo(f"{key} = {shown}  (saved in {settings.config_path}; the running server uses it now)")
+        return
     update_config_file(settings.config_path, {key: value})
-    typer.echo(f"{key} = {_shown(key, validate_value(key, value))}  (saved in {settings.config_path})")
+    typer.echo(f"{key} = {shown}  (saved in {settings.config_path})")
 
 
 @app.command("unset")
 def unset(key: str, config: Config = None) -> None:
     """Remove KEY from voicecli.toml (the environment or the default applies again)."""
+    from voicecli.client import running_client
     from voicecli.config_file import update_config_file
     from voicecli.settings import setting
 
     setting(key)
     settings = _load(config)
-    update_config_file(settings.config_path, {key: None})
+    server = running_client(settings)
+    if server is not None:
+        server.request("PUT", "/api/settings/telephony", body={key: None})
+    else:
+        update_config_file(settings.config_path, {key: None})
     after = _load(config)
     typer.echo(f"{key} unset; now {_shown(key, after.get(key)) or '(not set)'} from {after.sources[key]}")
 

@@ -1,0 +1,109 @@
+"""A small client for the running server's management API (stdlib only: commands stay fast)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+from voicecli.errors import ServerNotRunningError, VoicecliError
+from voicecli.settings import Settings
+from voicecli.state import read_api_token, read_server
+
+START_HINT = "start one with: voicecli serve --agent demo"
+
+
+class ApiClient:
+    """Calls /api routes with the bearer token; errors become VoicecliError with the server's words."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+        query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
+        url = f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise VoicecliError(f"{method} {path}: HTTP {exc.code}: {_reason(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerNotRunningError(
+                f"no voicecli server answers at {self.base_url} ({reason}); {START_HINT}"
+            ) from None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params)
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    try:
+        payload = json.loads(exc.read() or b"{}")
+        return str(payload.get("error") or payload)
+    except ValueError:
+        return exc.reason or ""
+
+
+def server_url(settings: Settings, override: str | None) -> str:
+    """--server, else the address the running `serve` recorded in .voicecli/."""
+    if override:
+        return override.rstrip("/")
+    info = read_server(settings.state_dir)
+    if info is None:
+        raise ServerNotRunningError(f"no voicecli server is running in {settings.project_dir}; {START_HINT}")
+    return info.url
+
+
+def connect(settings: Settings, override: str | None = None) -> ApiClient:
+    return ApiClient(
+        server_url(settings, override),
+        read_api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
+    )
+
+
+def choose_agent(served: Sequence[str], wanted: str | None) -> str:
+    """The agent to call: the one named, or the server's only one."""
+    if wanted:
+        if wanted not in served:
+            raise VoicecliError(f"the server does not serve agent '{wanted}' (it serves: {', '.join(served)})")
+        return wanted
+    if len(served) != 1:
+        raise VoicecliError(f"the server serves several agents; pick one with --agent ({', '.join(served)})")
+    return served[0]
+
+
+def follow_call(client: ApiClient, call_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+    """Poll a call until it has ended; return its record with the transcript."""
+    import time
+
+    while True:
+        record = client.get(f"/api/calls/{call_id}")
+        if record.get("ended_at"):
+            return record
+        time.sleep(poll_s)
+
+
+def running_client(settings: Settings) -> ApiClient | None:
+    """A client for the server running in this project, or None when none answers."""
+    info = read_server(settings.state_dir)
+    if info is None:
+        return None
+    client = ApiClient(info.url, read_api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")), 2.0)
+    try:
+        client.get("/api/status")
+    except ServerNotRunningError:
+        return None
+    return client
