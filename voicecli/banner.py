@@ -1,0 +1,57 @@
+"""The start-up banner: what is served, where providers must point, and what is missing."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+from voicecli.console import stdout
+from voicecli.providers import PROVIDERS
+from voicecli.server_state import ServerState
+from voicecli.state import API_TOKEN_FILE
+
+
+def _urls(base: str, provider: str, agent: str) -> tuple[str, str]:
+    scheme, rest = base.split("://", 1)
+    ws = "wss" if scheme == "https" else "ws"
+    return f"{base}/telephony/{provider}/inbound/{agent}", f"{ws}://{rest}/ws/{provider}/{agent}"
+
+
+def print_banner(state: ServerState, local_url: str) -> None:
+    """Print the banner (URLs whole, also when the output is a file)."""
+    console = stdout()
+    settings = state.settings
+    base = settings.public_base_url or local_url
+    console.print(Text(f"voicecli serving on {local_url}", style="bold green"))
+    if not settings.public_base_url:
+        console.print(
+            Text(
+                "PUBLIC_BASE_URL not set: URLs below use this server's own address, which providers "
+                "cannot reach. Set PUBLIC_BASE_URL (or use a tunnel) for real calls.",
+                style="yellow",
+            )
+        )
+    agents = Table(title="Agents", title_justify="left")
+    for column in ("agent", "stt", "llm", "tts"):
+        agents.add_column(column, overflow="fold")
+    for agent in state.agents.values():
+        agents.add_row(agent.name, agent.stt.provider, agent.llm.provider, agent.tts.provider)
+    console.print(agents)
+
+    providers = Table(title=f"Providers (default: {settings.provider})", title_justify="left")
+    for column in ("provider", "credentials", "limit", "webhook / stream URLs"):
+        providers.add_column(column, overflow="fold")
+    for name in PROVIDERS:
+        provider = state.provider(name)
+        missing = provider.missing_credentials()
+        creds = Text("missing " + ", ".join(missing), style="yellow") if missing else Text("set", style="green")
+        urls = "\n".join(u for agent in state.agents for u in _urls(base, name, agent))
+        providers.add_row(name, creds, str(provider.max_concurrent), urls)
+    console.print(providers)
+    for name in PROVIDERS:
+        for note in state.provider(name).security_notes():
+            console.print(Text(f"warning: {note}", style="yellow"))
+    token_file = settings.state_dir / API_TOKEN_FILE
+    where = "VOICECLI_API_TOKEN" if settings.env.get("VOICECLI_API_TOKEN") else str(token_file)
+    console.print(f"API token: kept in {where}")
+    console.print('Watch calls: voicecli calls --live    Try a call: voicecli simulate --say "pricing"')

@@ -1,0 +1,53 @@
+"""`voicecli serve`: answer calls for the agents in agents/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve(
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", "-a", help="Agent to serve (repeatable); default: all.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
+    public_base_url: Annotated[
+        str | None, typer.Option(help="Public https URL of this server (PUBLIC_BASE_URL).")
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Default telephony provider (TELEPHONY_PROVIDER).")] = None,
+    drain_timeout: Annotated[float, typer.Option(help="Seconds active calls may finish after Ctrl-C.")] = 10.0,
+    agents_dir: Annotated[Path, typer.Option(help="Folder of agent TOML files.")] = Path("agents"),
+    config: Annotated[
+        Path | None, typer.Option(help="Settings file (default ./voicecli.toml, or VOICECLI_CONFIG).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve agents on an aiohttp server: webhooks, media streams and the management API."""
+    import asyncio
+
+    from voicecli import logs
+    from voicecli.agents import load_agents, require_keys
+    from voicecli.banner import print_banner
+    from voicecli.server import serve as run_server
+    from voicecli.server_state import ServerState
+    from voicecli.settings import load_settings
+    from voicecli.shared_models import warm_up
+    from voicecli.state import DB_FILE, api_token, stream_secret
+    from voicecli.store import SQLiteCallStore
+
+    logs.configure(log_level)
+    settings = load_settings(config_path=config, flags={"public_base_url": public_base_url, "provider": provider})
+    agents = load_agents(agents_dir, agent)
+    require_keys(agents, settings.env)
+    state = ServerState(
+        settings=settings,
+        agents=agents,
+        store=SQLiteCallStore(settings.state_dir / DB_FILE),
+        secret=stream_secret(settings.state_dir, settings.env.get("VOICECLI_SECRET")),
+        api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
+    )
+    warm_up()
+    asyncio.run(run_server(state, host, port, drain_timeout, lambda url: print_banner(state, url)))

@@ -1,0 +1,70 @@
+"""`voicecli simulate`: play a provider's side of a call against a running server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def simulate(
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Agent to call (default: the server's only agent).")
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option("--provider", "-p", help="Provider to emulate (default: settings).")
+    ] = None,
+    say: Annotated[
+        list[str] | None, typer.Option("--say", help="Say this (offline TTS); repeatable, in order.")
+    ] = None,
+    wav: Annotated[
+        list[Path] | None, typer.Option("--wav", help="Play this WAV file; repeatable, after --say.")
+    ] = None,
+    dtmf: Annotated[list[str] | None, typer.Option("--dtmf", help="Press this key; repeatable, after speech.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write what the caller heard to this WAV.")] = None,
+    from_number: Annotated[str, typer.Option("--from", help="Caller's number.")] = "+15551230000",
+    to_number: Annotated[str, typer.Option("--to", help="Number called.")] = "+15559870000",
+    reply_timeout: Annotated[float, typer.Option(help="Seconds to wait for each agent reply.")] = 20.0,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Server URL (default: the one `serve` recorded).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings file.")] = None,
+) -> None:
+    """Call an agent the way a provider would: webhook, media stream, speech, keys; print the transcript."""
+    import asyncio
+
+    from voicecli.audio import write_wav
+    from voicecli.client import choose_agent, connect
+    from voicecli.console import stdout
+    from voicecli.render import call_detail
+    from voicecli.settings import load_settings, validate_value
+    from voicecli.simulator import RATE, build_steps, simulate_call
+
+    settings = load_settings(config_path=config)
+    client = connect(settings, server)
+    provider = validate_value("provider", provider) if provider else settings.provider
+    agent = choose_agent(client.get("/api/status")["agents"], agent)
+    steps = build_steps(say or [], wav or [], dtmf or [])
+    console = stdout()
+    console.print(f"calling agent {agent} through emulated {provider} at {client.base_url} ...")
+    result = asyncio.run(
+        simulate_call(
+            settings,
+            client.base_url,
+            agent,
+            provider,
+            steps,
+            from_number=from_number,
+            to_number=to_number,
+            reply_timeout=reply_timeout,
+            api_token=client.token,
+        )
+    )
+    if out:
+        write_wav(out, bytes(result.heard), RATE)
+        console.print(f"wrote {result.heard_seconds:.1f}s of what the caller heard to {out}")
+    ended = "the agent hung up" if result.ended_by == "agent" else "the caller (this emulator) hung up"
+    console.print(f"call ended: {ended}; {result.sent_messages} messages sent")
+    if result.record:
+        console.print(call_detail(result.record))
