@@ -1,0 +1,117 @@
+"""Stopping the server never leaves a call in progress: Ctrl-C drains, a kill is repaired at restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import make_settings
+from tests.wire import WireCall, agent_audio
+from voicecli.state import DB_FILE
+from voicecli.store import SQLiteCallStore
+
+
+@contextmanager
+def _serve(project: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`voicecli serve` in a child process, killed and reaped whatever the test does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOICECLI_"))}
+    with (project / "serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def _wait_for_server(project: Path, proc: subprocess.Popen[bytes]) -> str:
+    path = project / ".voicecli" / "server.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (project / "serve.log").read_text()[-3000:]
+        if path.exists():
+            info = json.loads(path.read_text())
+            if info["pid"] == proc.pid:
+                return info["url"]
+        await asyncio.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+async def _records(project: Path) -> list:
+    store = SQLiteCallStore(project / ".voicecli" / DB_FILE)
+    await store.open()
+    try:
+        return await store.list()
+    finally:
+        await store.close()
+
+
+async def _call_in_progress(project: Path, url: str, http: aiohttp.ClientSession) -> tuple[WireCall, object]:
+    wire = WireCall(make_settings(project), url)
+    await wire.ring(http)
+    ws = await wire.connect(http)
+    await wire.start(ws)
+    heard, _ = await agent_audio(ws, wire.caller, 1.0)
+    assert heard > 0
+    return wire, ws
+
+
+async def test_ctrl_c_mid_call_says_goodbye_and_closes_the_record(project: Path) -> None:
+    with _serve(project, "--drain-timeout", "1") as proc:
+        url = await _wait_for_server(project, proc)
+        async with aiohttp.ClientSession() as http:
+            wire, ws = await _call_in_progress(project, url, http)
+            proc.send_signal(signal.SIGINT)
+            # Drain for 1 s, then the goodbye, then the server closes the stream.
+            heard, closed = await agent_audio(ws, wire.caller, 20.0)
+            assert closed and heard > 0
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    [record] = await _records(project)
+    assert record.status == "completed"
+    assert "server shutting down" in record.end_reason
+    assert not (project / ".voicecli" / "server.json").exists()
+
+
+async def test_second_ctrl_c_stops_at_once_and_still_closes_the_record(project: Path) -> None:
+    with _serve(project, "--drain-timeout", "30") as proc:
+        url = await _wait_for_server(project, proc)
+        async with aiohttp.ClientSession() as http:
+            _, ws = await _call_in_progress(project, url, http)  # held: a dropped socket would hang up
+            proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+    [record] = await _records(project)
+    assert record.status == "interrupted" and record.ended_at
+
+
+async def test_a_killed_server_marks_its_calls_interrupted_at_the_next_start(project: Path) -> None:
+    with _serve(project) as proc:
+        url = await _wait_for_server(project, proc)
+        async with aiohttp.ClientSession() as http:
+            _, ws = await _call_in_progress(project, url, http)
+            proc.kill()
+            proc.wait(10)
+    [record] = await _records(project)
+    assert record.status == "in-progress"  # what a kill leaves behind
+    with _serve(project) as proc:
+        await _wait_for_server(project, proc)
+        [record] = await _records(project)
+        assert record.status == "interrupted"
+        assert record.end_reason and record.ended_at

@@ -1,0 +1,85 @@
+"""One real call, end to end: emulated Twilio against the real server and the offline demo agent."""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree
+
+import aiohttp
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import TWILIO_SID, TWILIO_TOKEN, twilio_env
+from voicecli.audio import rms
+from voicecli.simulator import Press, Say, simulate_call, speech
+
+
+async def test_inbound_webhook_answers_the_specs_twiml(start_server, fake_twilio) -> None:
+    server = await start_server(**twilio_env(fake_twilio, PUBLIC_BASE_URL="https://voice.example.com"))
+    form = {
+        "CallSid": "CA" + "1" * 32,
+        "From": "+15551230000",
+        "To": "+15559870000",
+        "AccountSid": TWILIO_SID,
+    }
+    path = "/telephony/twilio/inbound/demo"
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature("https://voice.example.com" + path, form)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.url + path, data=form, headers={"X-Twilio-Signature": signature}) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/xml"
+            root = ElementTree.fromstring(await resp.text())
+    stream = root.find("./Connect/Stream")
+    assert stream is not None
+    assert stream.get("url") == "wss://voice.example.com/ws/twilio/demo"  # no query string
+    params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert params["agent_name"] == "demo"
+    assert params["direction"] == "inbound"
+    assert params["from_number"] == "+15551230000"
+    assert params["to_number"] == "+15559870000"
+    assert params["twilio_call_sid"] == "CA" + "1" * 32
+    assert params["stream_token"].startswith("call_")
+    calls = await server.state.store.list()
+    assert [(c.status, c.provider_call_id) for c in calls] == [("ringing", "CA" + "1" * 32)]
+
+
+async def test_a_call_greets_answers_pricing_and_hangs_up_on_zero(start_server, fake_twilio) -> None:
+    server = await start_server(**twilio_env(fake_twilio))
+    result = await simulate_call(
+        server.state.settings,
+        server.url,
+        "demo",
+        "twilio",
+        [Say(speech("What is your pricing?")), Press("0")],
+        api_token=server.token,
+    )
+    # The agent hung up: the server closed the stream after the goodbye...
+    assert result.ended_by == "agent"
+    assert result.heard_seconds > 5 and rms(bytes(result.heard)) > 300
+    # ...and hung up through Twilio's REST API (the fake one), with Basic auth.
+    hangups = fake_twilio.find("POST", f"/Accounts/{TWILIO_SID}/Calls/{result.call.provider_call_id}.json")
+    assert len(hangups) == 1
+    assert hangups[0]["form"] == {"Status": "completed"}
+    assert hangups[0]["auth"].startswith("Basic ")
+
+    record = result.record
+    assert record is not None
+    assert record["status"] == "completed"
+    assert record["direction"] == "inbound" and record["provider"] == "twilio" and record["agent"] == "demo"
+    assert record["from"] == "+15551230000" and record["to"] == "+15559870000"
+    assert record["provider_call_id"] == result.call.provider_call_id
+    assert record["ended_at"] and record["duration_s"] > 0
+    assert "agent ended the call" in record["end_reason"]
+    said = [(t["role"], t["text"]) for t in record["transcript"]]
+    assert said[0][0] == "agent" and "voicecli demo line" in said[0][1]
+    assert ("agent", "Our plans start at twenty dollars a month.") in said
+    assert any(role == "caller" and "pric" in text for role, text in said)  # PocketSphinx: "price"/"pricing"
+    assert said[-1] == ("agent", "Thanks for calling. Goodbye!")
+
+
+async def test_agent_audio_arrives_as_twilio_media_messages(start_server, fake_twilio) -> None:
+    server = await start_server(**twilio_env(fake_twilio))
+    result = await simulate_call(server.state.settings, server.url, "demo", "twilio", [], linger_s=0.2)
+    assert result.ended_by == "caller"
+    # Everything the server sent was Twilio-shaped and carried this call's streamSid.
+    assert all(m.get("streamSid") == result.call.stream_id for m in result.received)
+    assert all(m["event"] in ("media", "clear", "mark") for m in result.received)
+    assert result.heard_seconds > 3

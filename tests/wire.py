@@ -1,0 +1,81 @@
+"""Raw provider wire helpers for tests that need finer control than the simulator gives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from voicecli.providers import load_caller
+from voicecli.providers.base import CallerSide, SimCall
+from voicecli.settings import Settings
+from voicecli.simulator import _local_ws_url
+from voicecli.store import TERMINAL_STATUSES, CallRecord
+
+
+class WireCall:
+    """One emulated call driven message by message."""
+
+    def __init__(self, settings: Settings, server_url: str, provider: str = "twilio", agent: str = "demo"):
+        self.caller: CallerSide = load_caller(provider, settings)
+        self.call: SimCall = self.caller.new_call("+15551230000", "+15559870000")
+        self.server_url, self.agent = server_url, agent
+        self.stream_url = ""
+        self.parameters: dict[str, str] = {}
+        self.seq = 0
+
+    async def ring(self, http: aiohttp.ClientSession) -> None:
+        self.stream_url, self.parameters = await self.caller.ring(http, self.server_url, self.agent, self.call)
+
+    @property
+    def ws_url(self) -> str:
+        return _local_ws_url(self.stream_url, self.server_url)
+
+    async def connect(self, http: aiohttp.ClientSession, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+        return await http.ws_connect(self.ws_url, **kwargs)
+
+    async def start(self, ws: aiohttp.ClientWebSocketResponse, parameters: dict[str, str] | None = None) -> None:
+        opening = self.caller.opening(self.call, self.parameters if parameters is None else parameters)
+        for message in opening:
+            await ws.send_str(json.dumps(message))
+        self.seq = len(opening) - 1
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def press(self, ws: aiohttp.ClientWebSocketResponse, digit: str) -> None:
+        await ws.send_str(json.dumps(self.caller.dtmf(self.call, digit, self.next_seq())))
+
+    async def media(self, ws: aiohttp.ClientWebSocketResponse, pcm16: bytes) -> None:
+        await ws.send_str(json.dumps(self.caller.media(self.call, pcm16, self.next_seq())))
+
+
+async def agent_audio(ws: aiohttp.ClientWebSocketResponse, caller: CallerSide, seconds: float) -> tuple[int, bool]:
+    """Read for up to `seconds`: (bytes of agent audio, whether the server closed the socket)."""
+    total = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        try:
+            msg = await ws.receive(timeout=left)
+        except TimeoutError:
+            break
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return total, True
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            total += len(caller.read(json.loads(msg.data)).pcm16)
+    return total, False
+
+
+async def only_call_when_ended(store: Any, seconds: float = 10.0) -> CallRecord:
+    """The one call record, once the server has closed it (closing runs after the socket goes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        [record] = await store.list()
+        if record.status in TERMINAL_STATUSES or loop.time() > deadline:
+            return record
+        await asyncio.sleep(0.05)
