@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -195,26 +195,58 @@ async def simulate_call(
     linger_s: float = 1.0,
     api_token: str | None = None,
 ) -> SimResult:
-    """Place one emulated call and return what the caller heard and how it ended."""
+    """Place one emulated inbound call and return what the caller heard and how it ended."""
     caller = load_caller(provider, settings)
     call = caller.new_call(from_number, to_number)
+
+    async def ring(http: aiohttp.ClientSession) -> tuple[str, dict[str, str]]:
+        return await caller.ring(http, server_url.rstrip("/"), agent, call)
+
+    return await _run(caller, call, ring, server_url, provider, steps, reply_timeout, linger_s, api_token)
+
+
+async def answer_dialled_call(
+    settings: Settings,
+    server_url: str,
+    provider: str,
+    dial: Mapping[str, Any],
+    provider_call_id: str,
+    steps: Sequence[Step],
+    *,
+    reply_timeout: float = 20.0,
+    linger_s: float = 1.0,
+    api_token: str | None = None,
+) -> SimResult:
+    """Pick up a call the server dialled, given what it sent the provider's REST API."""
+    caller = load_caller(provider, settings)
+    call = replace(caller.new_call("+15559870000", "+15551230000"), provider_call_id=provider_call_id)
+
+    async def pick_up(http: aiohttp.ClientSession) -> tuple[str, dict[str, str]]:
+        return await caller.pick_up(http, server_url.rstrip("/"), dial, call)
+
+    return await _run(caller, call, pick_up, server_url, provider, steps, reply_timeout, linger_s, api_token)
+
+
+async def _run(
+    caller: CallerSide,
+    call: SimCall,
+    connect: Callable[[aiohttp.ClientSession], Awaitable[tuple[str, dict[str, str]]]],
+    server_url: str,
+    provider: str,
+    steps: Sequence[Step],
+    reply_timeout: float,
+    linger_s: float,
+    api_token: str | None,
+) -> SimResult:
     result = SimResult(call)
     server_url = server_url.rstrip("/")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as http:
         try:
-            return await _call(
-                http,
-                caller,
-                call,
-                result,
-                server_url,
-                agent,
-                steps,
-                reply_timeout,
-                linger_s,
-                api_token,
-                provider,
-            )
+            stream_url, parameters = await connect(http)
+            await _talk(http, caller, call, result, stream_url, parameters, server_url, steps, reply_timeout, linger_s)
+            if api_token:
+                result.record = await fetch_record(http, server_url, api_token, provider, call.provider_call_id)
+            return result
         except WebhookRejected as exc:
             raise VoicecliError(f"the server refused the call: HTTP {exc.status}: {exc.reason}") from None
         except aiohttp.WSServerHandshakeError as exc:
@@ -223,20 +255,18 @@ async def simulate_call(
             raise ServerNotRunningError(f"cannot reach the server at {server_url}: {exc}") from None
 
 
-async def _call(
+async def _talk(
     http: aiohttp.ClientSession,
     caller: CallerSide,
     call: SimCall,
     result: SimResult,
+    stream_url: str,
+    parameters: Mapping[str, str],
     server_url: str,
-    agent: str,
     steps: Sequence[Step],
     reply_timeout: float,
     linger_s: float,
-    api_token: str | None,
-    provider: str,
-) -> SimResult:
-    stream_url, parameters = await caller.ring(http, server_url, agent, call)
+) -> None:
     async with http.ws_connect(_local_ws_url(stream_url, server_url), autoping=True) as ws:
         opening = caller.opening(call, parameters)
         line = _Line(ws, caller, call, seq=len(opening) - 1)
@@ -267,9 +297,6 @@ async def _call(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             result.sent_messages = line.sent
-    if api_token:
-        result.record = await fetch_record(http, server_url, api_token, provider, call.provider_call_id)
-    return result
 
 
 async def fetch_record(
