@@ -30,18 +30,21 @@ def serve(
 
     from voicecli import logs
     from voicecli.agents import load_agents, require_keys
-    from voicecli.banner import print_banner
-    from voicecli.server import serve as run_server
-    from voicecli.server_state import ServerState
     from voicecli.settings import load_settings
-    from voicecli.shared_models import warm_up
-    from voicecli.state import DB_FILE, api_token, stream_secret
-    from voicecli.store import SQLiteCallStore
 
     logs.configure(log_level)
     settings = load_settings(config_path=config, flags={"public_base_url": public_base_url, "provider": provider})
     agents = load_agents(agents_dir, agent)
     require_keys(agents, settings.env)
+
+    # Only now the server and pipecat (a second of imports): a bad setup fails fast and quietly.
+    from voicecli.banner import print_banner
+    from voicecli.server import serve as run_server
+    from voicecli.server_state import ServerState
+    from voicecli.shared_models import warm_up
+    from voicecli.state import DB_FILE, api_token, stream_secret
+    from voicecli.store import SQLiteCallStore
+
     state = ServerState(
         settings=settings,
         agents=agents,
