@@ -278,3 +278,9 @@ class CallerSide(ABC):
     @abstractmethod
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
         """Decode one message the server sent."""
+
+
+def text_field(params: Mapping[str, Any], name: str) -> str | None:
+    """A non-empty string field of a webhook or message, else None (junk is never trusted)."""
+    value = params.get(name)
+    return value if isinstance(value, str) and value else None

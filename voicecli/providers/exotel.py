@@ -32,6 +32,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -148,9 +149,9 @@ class ExotelProvider(Provider):
         # Exotel's applet fetch is documented loosely (protocols.md B3): a missing CallSid is
         # taken from the stream's start message instead of refusing the call.
         return InboundCall(
-            _text(params, "CallSid"),
-            _text(params, "CallFrom") or _text(params, "From"),
-            _text(params, "CallTo") or _text(params, "To"),
+            text_field(params, "CallSid"),
+            text_field(params, "CallFrom") or text_field(params, "From"),
+            text_field(params, "CallTo") or text_field(params, "To"),
         )
 
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
@@ -187,8 +188,8 @@ class ExotelProvider(Provider):
                 stream_id=stream_sid,
                 provider_call_id=call_sid,
                 token=token if isinstance(token, str) else None,
-                from_number=_text(start, "from"),
-                to_number=_text(start, "to"),
+                from_number=text_field(start, "from"),
+                to_number=text_field(start, "to"),
                 extra={"secret": secret if isinstance(secret, str) else ""},
             )
         raise WebhookRejected(400, "stream closed before its start message")
@@ -247,7 +248,7 @@ class ExotelProvider(Provider):
         status = "in-progress" if answered else STATUSES.get(raw)
         if status is None:
             raise WebhookRejected(400, "missing or unknown Status")
-        return StatusUpdate(_text(params, "CallSid"), status, f"Exotel: {raw or 'answered'}", answered)
+        return StatusUpdate(text_field(params, "CallSid"), status, f"Exotel: {raw or 'answered'}", answered)
 
 
 def _exotel_error(text: str) -> str:
@@ -266,11 +267,6 @@ async def _body(request: web.Request) -> Mapping[str, Any]:
             raise ValueError("JSON body is not an object")
         return data
     return await request.post()
-
-
-def _text(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name)
-    return value if isinstance(value, str) and value else None
 
 
 class ExotelCaller(CallerSide):

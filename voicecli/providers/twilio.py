@@ -26,6 +26,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class TwilioProvider(Provider):
         call_sid = params.get("CallSid")
         if not isinstance(call_sid, str) or not call_sid:
             raise WebhookRejected(400, "missing CallSid: not a Twilio voice webhook")
-        return InboundCall(call_sid, _field(params, "From"), _field(params, "To"))
+        return InboundCall(call_sid, text_field(params, "From"), text_field(params, "To"))
 
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
         from aiohttp import web
@@ -177,7 +178,7 @@ class TwilioProvider(Provider):
         status = STATUSES.get(str(params.get("CallStatus", "")))
         if status is None:
             raise WebhookRejected(400, "missing or unknown CallStatus")
-        return StatusUpdate(_field(params, "CallSid"), status, f"Twilio: {params.get('CallStatus')}")
+        return StatusUpdate(text_field(params, "CallSid"), status, f"Twilio: {params.get('CallStatus')}")
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
         from twilio.base.exceptions import TwilioRestException
@@ -230,11 +231,6 @@ def _stream_of(twiml: str) -> tuple[str, dict[str, str]]:
     if stream is None or not stream.get("url"):
         raise WebhookRejected(502, "the TwiML has no <Connect><Stream url>")
     return stream.get("url", ""), {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-
-
-def _field(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name)
-    return value if isinstance(value, str) and value else None
 
 
 def _str(value: Any) -> str | None:

@@ -32,6 +32,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class VobizProvider(Provider):
         call_uuid = params.get("CallUUID")
         if not isinstance(call_uuid, str) or not call_uuid:
             raise WebhookRejected(400, "missing CallUUID: not a Vobiz answer webhook")
-        return InboundCall(call_uuid, _text(params, "From"), _text(params, "To"))
+        return InboundCall(call_uuid, text_field(params, "From"), text_field(params, "To"))
 
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
         from aiohttp import web
@@ -236,13 +237,13 @@ class VobizProvider(Provider):
 
     async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
         params = await self._form(request, public_url)
-        call_uuid = _text(params, "CallUUID")
+        call_uuid = text_field(params, "CallUUID")
         if not call_uuid:
             raise WebhookRejected(400, "missing CallUUID")
         if params.get("Event") != "Hangup":
             return None
         status = str(params.get("CallStatus", "completed")).lower()
-        cause = _text(params, "HangupCause") or "hung up"
+        cause = text_field(params, "HangupCause") or "hung up"
         return StatusUpdate(call_uuid, HANGUP_STATUS.get(status, "completed"), f"Vobiz: {cause}")
 
 
@@ -252,11 +253,6 @@ def _vobiz_error(text: str) -> str:
         return str(data.get("error") or data.get("message") or text[:200]) if isinstance(data, dict) else text[:200]
     except ValueError:
         return text[:200]
-
-
-def _text(params: Mapping[str, Any], name: str) -> str | None:
-    value = params.get(name)
-    return value if isinstance(value, str) and value else None
 
 
 class VobizCaller(CallerSide):
