@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import WSCloseCode
 
-from tests.conftest import TWILIO_TOKEN, twilio_env
+from tests.conftest import TWILIO_TOKEN, VOBIZ_TOKEN, twilio_env, vobiz_env
 from tests.wire import WireCall
 
 FORM = {"CallSid": "CA" + "2" * 32, "From": "+15551230000", "To": "+15559870000"}
@@ -124,3 +124,45 @@ async def test_unknown_provider_or_agent_is_404(start_server) -> None:
                 await http.ws_connect(server.url + path)
             assert info.value.status == 404
     await asyncio.sleep(0)
+
+
+async def test_no_secret_reaches_the_log_during_calls(start_server, fake_twilio, fake_vobiz) -> None:
+    from loguru import logger
+
+    secrets = {
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "VOBIZ_AUTH_TOKEN": VOBIZ_TOKEN,
+        "EXOTEL_API_TOKEN": "exotel-api-token-never-logged",
+        "EXOTEL_STREAM_SECRET": "exotel-stream-secret-never-logged",
+        "VOICECLI_API_TOKEN": "api-token-never-logged-123",
+        "VOICECLI_SECRET": "stream-token-secret-never-logged",
+    }
+    env = {**twilio_env(fake_twilio), **vobiz_env(fake_vobiz), "EXOTEL_ACCOUNT_SID": "x", "EXOTEL_API_KEY": "k"}
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG", format="{level} {message} {extra}")
+    try:
+        stream_token = await _calls_with_secrets_set(await start_server(**{**env, **secrets}))
+    finally:
+        logger.remove(sink)
+    log = "".join(lines)
+    assert "call ended: completed" in log  # the log was captured, debug lines included
+    for secret in [*secrets.values(), stream_token]:
+        assert secret not in log
+
+
+async def _calls_with_secrets_set(server) -> str:
+    """A Twilio and a Vobiz call to their end, then one more stream; returns that stream's token."""
+    from voicecli.simulator import Press, simulate_call
+
+    for provider in ("twilio", "vobiz"):
+        result = await simulate_call(
+            server.state.settings, server.url, "demo", provider, [Press("0")], api_token=server.token
+        )
+        assert result.record and result.record["status"] == "completed"
+    wire = WireCall(server.state.settings, server.url)
+    async with aiohttp.ClientSession() as http:
+        await wire.ring(http)
+        ws = await wire.connect(http)
+        await wire.start(ws)
+        await ws.close()
+    return wire.parameters["stream_token"]
