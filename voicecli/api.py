@@ -42,7 +42,10 @@ def _limit(request: web.Request) -> int:
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    """Recent calls, newest first; filters: status, provider, agent, active=1, limit."""
+    """Recent calls, newest first, with turns so far and the last thing said.
+
+    Filters: status, provider, agent, active=1, limit.
+    """
     state = request.app[STATE]
     query = request.query
     records = await state.store.list(
@@ -52,7 +55,17 @@ async def list_calls(request: web.Request) -> web.Response:
         agent=query.get("agent") or None,
         active_only=query.get("active") in ("1", "true", "yes"),
     )
-    return web.json_response([record.to_json() for record in records])
+    summaries = await state.store.transcript_summaries([record.id for record in records])
+    rows = []
+    for record in records:
+        # Added fields only (the record's own keys are unchanged): what the live table shows.
+        summary = summaries.get(record.id)
+        row = record.to_json()
+        row["turns"] = summary.turns if summary else 0
+        row["last_role"] = summary.last_role if summary else None
+        row["last_text"] = summary.last_text if summary else None
+        rows.append(row)
+    return web.json_response(rows)
 
 
 async def get_call(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ import functools
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, astuple, dataclass, replace
@@ -113,6 +113,15 @@ class CallRecord:
         return data
 
 
+@dataclass(frozen=True)
+class TranscriptSummary:
+    """How far a call's conversation has got: utterances so far and the last one."""
+
+    turns: int
+    last_role: Role | None
+    last_text: str | None
+
+
 def apply_update(
     record: CallRecord,
     *,
@@ -189,6 +198,8 @@ class CallStore(Protocol):
     async def transcript(self, call_id: str) -> list[TranscriptEntry]: ...
 
     async def mark_interrupted(self, reason: str = "server stopped unexpectedly") -> int: ...
+
+    async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]: ...
 
     # Last in the class so that `list[...]` above still names the builtin for type checkers.
     async def list(
@@ -345,6 +356,18 @@ def _list(db: sqlite3.Connection, limit: int, filters: dict[str, str | None], ac
     return [CallRecord(*row) for row in rows]
 
 
+def _transcript_summaries(db: sqlite3.Connection, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]:
+    marks = ", ".join("?" * len(call_ids))
+    # One pass over the index: the count and the newest utterance's id per call.
+    rows = db.execute(
+        f"""SELECT t.call_id, s.turns, t.role, t.text FROM transcript t
+            JOIN (SELECT call_id, COUNT(*) AS turns, MAX(id) AS last_id FROM transcript
+                  WHERE call_id IN ({marks}) GROUP BY call_id) s ON t.id = s.last_id""",
+        tuple(call_ids),
+    )
+    return {call_id: TranscriptSummary(turns, role, text) for call_id, turns, role, text in rows}
+
+
 def _mark_interrupted(db: sqlite3.Connection, reason: str) -> int:
     with _transaction(db):
         live = sorted(_PROGRESS)
@@ -491,6 +514,14 @@ class SQLiteCallStore:
     async def mark_interrupted(self, reason: str = "server stopped unexpectedly") -> int:
         """End every call still marked live as interrupted (run at start-up); returns how many."""
         return await self._run(_mark_interrupted, reason)
+
+    async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]:
+        """Turns so far and the last utterance of each call that has any (for the live table)."""
+        ids, found = list(call_ids), {}
+        # In slices: old SQLite builds allow only 999 parameters in one statement.
+        for start in range(0, len(ids), 500):
+            found.update(await self._run(_transcript_summaries, ids[start : start + 500]))
+        return found
 
     async def list(
         self,
