@@ -77,6 +77,10 @@ async def fake_twilio() -> AsyncIterator[FakeApi]:
 
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{account}/Calls/{call_sid}.json", update_call)
+    # The account read `voicecli doctor` makes, and the number `--update-webhook` points.
+    app.router.add_get("/2010-04-01/Accounts/{account}.json", _twilio_account(api))
+    app.router.add_get("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", _twilio_numbers(api))
+    app.router.add_post("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{sid}.json", _twilio_number_update(api))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     api.url = str(server.make_url("")).rstrip("/")
@@ -173,3 +177,90 @@ def twilio_env(fake: FakeApi, **extra: str) -> dict[str, str]:
         "TWILIO_API_BASE": fake.url,
         **extra,
     }
+
+
+# --- Twilio's account and IncomingPhoneNumbers, as far as doctor and --update-webhook go.
+# The number's voice URL is the last one POSTed to the fake (recorded in api.requests).
+
+TWILIO_NUMBER = "+15559870000"
+TWILIO_NUMBER_SID = "PN" + "0123456789abcdef" * 2
+TWILIO_NUMBER_FIRST_URL = "https://demo.twilio.com/welcome/voice/"
+
+
+def _twilio_authorized(request: web.Request) -> bool:
+    import base64
+
+    expected = "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode()
+    return request.headers.get("Authorization") == expected and request.match_info["account"] == TWILIO_SID
+
+
+def _twilio_refusal() -> web.Response:
+    return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+
+
+def twilio_voice_url(api: FakeApi) -> str:
+    updates = [r["form"]["VoiceUrl"] for r in api.find("POST", "/IncomingPhoneNumbers/") if "VoiceUrl" in r["form"]]
+    return updates[-1] if updates else TWILIO_NUMBER_FIRST_URL
+
+
+def _twilio_number_json(api: FakeApi) -> dict[str, Any]:
+    return {
+        "sid": TWILIO_NUMBER_SID,
+        "account_sid": TWILIO_SID,
+        "phone_number": TWILIO_NUMBER,
+        "voice_url": twilio_voice_url(api),
+        "voice_method": "POST",
+    }
+
+
+def _record(api: FakeApi, request: web.Request, form: dict[str, Any]) -> None:
+    api.requests.append(
+        {"method": request.method, "path": request.path, "auth": request.headers.get("Authorization"), "form": form}
+    )
+
+
+def _twilio_account(api: FakeApi) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        _record(api, request, dict(request.query))
+        if not _twilio_authorized(request):
+            return _twilio_refusal()
+        return web.json_response({"sid": TWILIO_SID, "status": "active", "friendly_name": "test account"})
+
+    return handler
+
+
+def _twilio_numbers(api: FakeApi) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        _record(api, request, dict(request.query))
+        if not _twilio_authorized(request):
+            return _twilio_refusal()
+        wanted = request.query.get("PhoneNumber")
+        numbers = [_twilio_number_json(api)] if wanted in (None, TWILIO_NUMBER) else []
+        uri = request.path
+        return web.json_response(
+            {
+                "incoming_phone_numbers": numbers,
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "previous_page_uri": None,
+                "page": 0,
+                "page_size": 50,
+                "start": 0,
+                "end": len(numbers) - 1,
+                "uri": uri,
+            }
+        )
+
+    return handler
+
+
+def _twilio_number_update(api: FakeApi) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        if not _twilio_authorized(request) or request.match_info["sid"] != TWILIO_NUMBER_SID:
+            _record(api, request, {})
+            return _twilio_refusal() if not _twilio_authorized(request) else web.json_response({}, status=404)
+        _record(api, request, form)
+        return web.json_response(_twilio_number_json(api))
+
+    return handler

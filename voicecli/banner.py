@@ -17,17 +17,21 @@ def _urls(base: str, provider: str, agent: str) -> tuple[str, str]:
     return f"{base}/telephony/{provider}/inbound/{agent}", f"{ws}://{rest}/ws/{provider}/{agent}"
 
 
-def print_banner(state: ServerState, local_url: str) -> None:
-    """Print the banner (URLs whole, also when the output is a file)."""
+def print_banner(state: ServerState, local_url: str, tunnel: str | None = None) -> None:
+    """Print the banner (URLs whole, also when the output is a file); `tunnel` is its public URL."""
     console = stdout()
     settings = state.settings
     base = settings.public_base_url or local_url
     console.print(Text(f"voicecli serving on {local_url}", style="bold green"))
-    if not settings.public_base_url:
+    if tunnel:
+        console.print(Text(f"ngrok tunnel: {tunnel} -> {local_url} (PUBLIC_BASE_URL for this run)", style="green"))
+    elif settings.public_base_url:
+        console.print(f"PUBLIC_BASE_URL: {settings.public_base_url}")
+    else:
         console.print(
             Text(
                 "PUBLIC_BASE_URL not set: URLs below use this server's own address, which providers "
-                "cannot reach. Set PUBLIC_BASE_URL (or use a tunnel) for real calls.",
+                "cannot reach. Set PUBLIC_BASE_URL or use --tunnel for real calls.",
                 style="yellow",
             )
         )
@@ -55,3 +59,4 @@ def print_banner(state: ServerState, local_url: str) -> None:
     where = "VOICECLI_API_TOKEN" if settings.env.get("VOICECLI_API_TOKEN") else str(token_file)
     console.print(f"API token: kept in {where}")
     console.print('Watch calls: voicecli calls --live    Try a call: voicecli simulate --say "pricing"')
+    console.print("Check the setup: voicecli doctor")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -61,9 +62,12 @@ async def serve(
     host: str,
     port: int,
     drain_timeout: float,
-    on_started: Callable[[str], None] | None = None,
+    on_started: Callable[[str], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; drain calls on the first signal, cut them on the second."""
+    """Serve until SIGINT/SIGTERM; drain calls on the first signal, cut them on the second.
+
+    `on_started(url)` runs once the port is bound (a tunnel needs it); it may be async.
+    """
     app = create_app(state)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -93,8 +97,8 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        if on_started:
-            on_started(url)
+        if on_started and inspect.isawaitable(started := on_started(url)):
+            await started
         await stop.wait()
         await state.drain(drain_timeout, force)
     finally:

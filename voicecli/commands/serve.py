@@ -24,26 +24,53 @@ def serve(
         Path | None, typer.Option(help="Settings file (default ./voicecli.toml, or VOICECLI_CONFIG).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    tunnel: Annotated[
+        bool, typer.Option("--tunnel", help="Open an ngrok tunnel and use its URL as PUBLIC_BASE_URL for this run.")
+    ] = False,
+    update_webhook: Annotated[
+        bool,
+        typer.Option(
+            "--update-webhook",
+            help="Point the Twilio number's voice URL at this server; print what to paste for the others.",
+        ),
+    ] = False,
 ) -> None:
     """Serve agents on an aiohttp server: webhooks, media streams and the management API."""
     import asyncio
 
     from voicecli import logs
     from voicecli.agents import load_agents, require_keys
+    from voicecli.errors import VoicecliError
     from voicecli.settings import load_settings
 
     logs.configure(log_level)
     settings = load_settings(config_path=config, flags={"public_base_url": public_base_url, "provider": provider})
     agents = load_agents(agents_dir, agent)
     require_keys(agents, settings.env)
+    if tunnel and public_base_url:
+        raise VoicecliError("--tunnel sets the public URL itself: drop --public-base-url")
+    if tunnel:
+        from voicecli.tunnel import auth_token
+
+        auth_token(settings)  # no token: say so now, before a second of start-up
+    if update_webhook and not (tunnel or settings.public_base_url):
+        raise VoicecliError("--update-webhook needs a public URL: add --tunnel or set PUBLIC_BASE_URL")
+    if update_webhook and len(agents) != 1:
+        raise VoicecliError(
+            f"--update-webhook points a number at one agent: pick one with --agent ({', '.join(agents)})"
+        )
 
     # Only now the server and pipecat (a second of imports): a bad setup fails fast and quietly.
+    from urllib.parse import urlsplit
+
     from voicecli.banner import print_banner
+    from voicecli.console import stdout
     from voicecli.server import serve as run_server
     from voicecli.server_state import ServerState
     from voicecli.shared_models import warm_up
     from voicecli.state import DB_FILE, api_token, stream_secret
     from voicecli.store import SQLiteCallStore
+    from voicecli.tunnel import Tunnel, announce_webhooks, open_tunnel
 
     state = ServerState(
         settings=settings,
@@ -53,4 +80,21 @@ def serve(
         api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
     )
     warm_up()
-    asyncio.run(run_server(state, host, port, drain_timeout, lambda url: print_banner(state, url)))
+    opened: list[Tunnel] = []
+
+    async def started(url: str) -> None:
+        if tunnel:
+            opened.append(await asyncio.to_thread(open_tunnel, state.settings, host, urlsplit(url).port or port))
+            # For this run only: like a flag, never written to voicecli.toml.
+            state.apply_settings(state.settings.with_file_changes({"public_base_url": opened[0].public_url}))
+        print_banner(state, url, tunnel=opened[0].public_url if opened else None)
+        if update_webhook:
+            for line in await announce_webhooks(state.settings, next(iter(agents))):
+                stdout().print(line, soft_wrap=True)
+
+    try:
+        asyncio.run(run_server(state, host, port, drain_timeout, started))
+    finally:
+        # After the server has stopped: calls draining after Ctrl-C still need the tunnel.
+        for each in opened:
+            each.close()
