@@ -6,7 +6,7 @@ import typer
 from typer.core import TyperGroup
 
 from voicecli import __version__
-from voicecli.commands import call, calls, config, serve, simulate
+from voicecli.commands import call, calls, config, doctor, serve, simulate
 from voicecli.errors import VoicecliError
 
 
@@ -51,6 +51,7 @@ def _root(
 app.command("serve")(serve.serve)
 app.command("call")(call.call)
 app.command("simulate")(simulate.simulate)
+app.command("doctor")(doctor.doctor)
 app.add_typer(calls.app, name="calls")
 app.add_typer(config.app, name="config")
 

@@ -107,3 +107,22 @@ def running_client(settings: Settings) -> ApiClient | None:
     except ServerNotRunningError:
         return None
     return client
+
+
+class LiveFeed:
+    """What `calls --live` polls: active calls and per-provider counts, surviving restarts.
+
+    The server's address and token are read again at every poll: a restarted server may
+    listen on another port (port 0) or have a new token.
+    """
+
+    def __init__(self, settings: Settings, override: str | None, filters: dict[str, Any], timeout: float = 2.0):
+        self.settings, self.override, self.filters, self.timeout = settings, override, filters, timeout
+
+    def poll(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(active calls, GET /api/status); ServerNotRunningError while no server answers."""
+        token = read_api_token(self.settings.state_dir, self.settings.env.get("VOICECLI_API_TOKEN"))
+        client = ApiClient(server_url(self.settings, self.override), token, self.timeout)
+        status = client.get("/api/status")
+        calls = client.get("/api/calls", active=1, limit=1000, **self.filters)
+        return calls, status

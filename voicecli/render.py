@@ -1,8 +1,9 @@
-"""Pure rendering of call records: shared by `calls`, `calls show` and `calls --live`."""
+"""Pure rendering: call records for `calls`, `calls show` and `calls --live`; doctor's checks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.console import Group
@@ -22,34 +23,106 @@ STATUS_STYLE = {
 }
 
 
-def _duration(call: dict[str, Any]) -> str:
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _duration(call: dict[str, Any], now: datetime | None = None) -> str:
+    """m:ss; a call still going ticks against `now` (the record has no duration until it ends)."""
     seconds = call.get("duration_s")
+    if seconds is None and now is not None and not call.get("ended_at"):
+        started = _parse_time(call.get("started_at"))
+        seconds = max(0.0, (now - started).total_seconds()) if started else None
     if seconds is None:
         return ""
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
 
 
-def calls_table(calls: Sequence[dict[str, Any]], title: str | None = None) -> Table:
-    """One row per call; cells fold rather than cut, so ids and numbers stay whole."""
+def _last_said(call: dict[str, Any]) -> str:
+    text = call.get("last_text") or ""
+    if len(text) > LAST_SAID_MAX:
+        text = text[: LAST_SAID_MAX - 1] + "…"
+    return f"{call['last_role']}: {text}" if text and call.get("last_role") else text
+
+
+def _status(call: dict[str, Any]) -> Text:
+    status = call.get("status", "")
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+# Every column either table can show: header -> cell. Both tables pick from here.
+Cell = Callable[[dict[str, Any], datetime | None], str | Text]
+COLUMNS: dict[str, Cell] = {
+    "id": lambda c, now: c.get("id", ""),
+    "provider": lambda c, now: c.get("provider", ""),
+    "agent": lambda c, now: c.get("agent", ""),
+    "dir": lambda c, now: c.get("direction", ""),
+    "from": lambda c, now: c.get("from") or "",
+    "to": lambda c, now: c.get("to") or "",
+    "status": lambda c, now: _status(c),
+    "started": lambda c, now: (c.get("started_at") or "")[:19].replace("T", " "),
+    "dur": _duration,
+    "turns": lambda c, now: str(c.get("turns", "")),
+    "last said": lambda c, now: _last_said(c),
+    "end reason": lambda c, now: c.get("end_reason") or "",
+}
+LIST_COLUMNS = ("id", "provider", "agent", "dir", "from", "to", "status", "started", "dur", "end reason")
+LIVE_COLUMNS = ("id", "provider", "agent", "dir", "from", "to", "status", "dur", "turns", "last said")
+LAST_SAID_MAX = 60
+
+
+def calls_table(
+    calls: Sequence[dict[str, Any]],
+    title: str | None = None,
+    *,
+    columns: Sequence[str] = LIST_COLUMNS,
+    now: datetime | None = None,
+) -> Table:
+    """One row per call; cells fold rather than cut, so ids and numbers stay whole.
+
+    With `now`, calls still going show their duration so far.
+    """
     table = Table(title=title, title_justify="left")
-    for column in ("id", "provider", "agent", "dir", "from", "to", "status", "started", "dur", "end reason"):
+    for column in columns:
         table.add_column(column, overflow="fold")
     for call in calls:
-        status = call.get("status", "")
-        table.add_row(
-            call.get("id", ""),
-            call.get("provider", ""),
-            call.get("agent", ""),
-            call.get("direction", ""),
-            call.get("from") or "",
-            call.get("to") or "",
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            (call.get("started_at") or "")[:19].replace("T", " "),
-            _duration(call),
-            call.get("end_reason") or "",
-        )
+        table.add_row(*(COLUMNS[column](call, now) for column in columns))
     return table
+
+
+def providers_line(status: dict[str, Any]) -> Text:
+    """Each provider's active calls against its limit, from GET /api/status."""
+    line = Text()
+    for name, numbers in status.get("providers", {}).items():
+        active, limit = numbers.get("active", 0), numbers.get("limit", 0)
+        style = "bold red" if active >= limit else "bold green" if active else ""
+        if line:
+            line.append("   ")
+        line.append(f"{name} ", style="bold")
+        line.append(f"{active}/{limit}", style=style)
+    if status.get("draining"):
+        line.append("   draining: no new calls", style="yellow")
+    return line
+
+
+def live_view(
+    calls: Sequence[dict[str, Any]],
+    status: dict[str, Any] | None,
+    now: datetime,
+    problem: str | None = None,
+) -> Group:
+    """The `calls --live` screen: per-provider counts, then the calls in progress.
+
+    `problem` (the server is unreachable) replaces the counts; the last rows seen stay.
+    """
+    header = Text(problem, style="bold red") if problem else providers_line(status or {})
+    when = now.astimezone().strftime("%H:%M:%S")
+    table = calls_table(calls, f"Active calls ({len(calls)}) at {when}", columns=LIVE_COLUMNS, now=now)
+    return Group(header, table)
 
 
 def call_detail(call: dict[str, Any]) -> Group:
@@ -78,3 +151,16 @@ def call_detail(call: dict[str, Any]) -> Group:
         for t in call.get("transcript", [])
     ]
     return Group(facts, Text(""), Text("transcript", style="bold underline"), *(lines or [Text("(empty)")]))
+
+
+CHECK_STYLE = {"ok": "bold green", "warn": "bold yellow", "fail": "bold red", "skip": "dim"}
+
+
+def checks_table(checks: Sequence[Any]) -> Table:
+    """`voicecli doctor`'s result: one row per check, with what is wrong and the fix."""
+    table = Table(title="voicecli doctor", title_justify="left")
+    for column in ("check", "result", "what is wrong / detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(check.name, Text(check.status, style=CHECK_STYLE.get(check.status, "")), check.problem, check.fix)
+    return table
