@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VOBIZ_TOKEN, twilio_voice_url
 from voicecli.cli import app
+from voicecli.providers import load_provider
 from voicecli.settings import load_settings
 from voicecli.state import ServerInfo, forget_server, record_server
-from voicecli.tunnel import point_twilio_number
 
 EXOTEL_SID, EXOTEL_KEY, EXOTEL_TOKEN = "exotel-sid-1", "exotel-key-1", "exotel-token-123"
 KEYS = {"DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "CARTESIA_API_KEY": "ca-test"}
@@ -127,7 +127,8 @@ async def healthy(project: Path, start_server, fake_twilio, fake_ngrok) -> Async
             assert resp.status == 200
     setup = Setup(project, server, fake_ngrok, {})
     setup.write_env(**env)
-    await point_twilio_number(load_settings(project), "demo")
+    twilio = load_provider("twilio", load_settings(project))
+    assert await twilio.point_number(f"{server.url}/telephony/twilio/inbound/demo")
     yield setup
     forget_server(server.state.settings.state_dir, os.getpid())
 
@@ -141,7 +142,7 @@ async def test_a_healthy_setup_passes(healthy: Setup, fake_twilio) -> None:
     assert rows["PUBLIC_BASE_URL"][0] == "warn"  # loopback is http; a real tunnel is https
     assert rows["reachable through PUBLIC_BASE_URL"][0] == "ok"
     assert rows["twilio credentials"][0] == "ok"
-    assert rows["Twilio number webhook"] == ("ok", f"{TWILIO_NUMBER} -> {url}/telephony/twilio/inbound/demo", "")
+    assert rows["twilio number webhook"] == ("ok", f"{TWILIO_NUMBER} -> {url}/telephony/twilio/inbound/demo", "")
     assert rows["exotel credentials"][0] == rows["vobiz credentials"][0] == "skip"
     assert rows["agent demo"][0] == rows["agent sales"][0] == "ok"
     assert fake_twilio.find("GET", f"/Accounts/{TWILIO_SID}.json")  # the credential check really asked
@@ -257,7 +258,7 @@ async def test_the_twilio_number_points_elsewhere(healthy: Setup, fake_twilio) -
     assert twilio_voice_url(fake_twilio) == "https://old.example.com/voice"
     code, rows, _ = await healthy.doctor()
     assert code == 1
-    status, problem, fix = rows["Twilio number webhook"]
+    status, problem, fix = rows["twilio number webhook"]
     assert status == "fail"
     assert problem == f"{TWILIO_NUMBER} sends calls to https://old.example.com/voice, not this server"
     assert "voicecli serve --agent demo --tunnel --update-webhook" in fix

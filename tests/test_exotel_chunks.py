@@ -7,7 +7,7 @@ import json
 
 from pipecat.frames.frames import EndFrame, InterruptionFrame, OutputAudioRawFrame
 
-from voicecli.providers.exotel import ExotelChunkingSerializer
+from voicecli.providers.exotel_chunks import ExotelChunkingSerializer
 
 
 def _audio(n_bytes: int) -> OutputAudioRawFrame:

@@ -279,7 +279,7 @@ async def test_doctor_passes_against_serve_tunnel_update_webhook(project: Path, 
         )  # fmt: skip
         out = (await asyncio.wait_for(doctor.communicate(), 60))[0].decode()
         assert doctor.returncode == 0, out
-        for line in ("tunnel active", "reachable through PUBLIC_BASE_URL", "Twilio number webhook", "agent demo"):
+        for line in ("tunnel active", "reachable through PUBLIC_BASE_URL", "twilio number webhook", "agent demo"):
             row = next(r for r in out.splitlines() if line in r)
             assert "\u2502 ok " in row, row
         assert NGROK_TOKEN not in out and env["TWILIO_AUTH_TOKEN"] not in out

@@ -8,11 +8,9 @@ doctor. Nothing here imports pipecat.
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,14 +18,10 @@ import aiohttp
 from voicecli.errors import ProviderError
 from voicecli.settings import Settings
 from voicecli.state import read_api_token, read_server
-from voicecli.tunnel import (
-    DEFAULT_AGENT_API,
-    recorded_agent_api,
-    twilio_client,
-    twilio_number,
-    twilio_refusal,
-    webhook_url,
-)
+from voicecli.tunnel import DEFAULT_AGENT_API, recorded_agent_api, webhook_url
+
+if TYPE_CHECKING:
+    from voicecli.providers.base import Provider
 
 NET_TIMEOUT_S = 3.0
 NGROK_DOMAINS = (".ngrok.io", ".ngrok.app", ".ngrok-free.app", ".ngrok.dev", ".ngrok-free.dev")
@@ -184,120 +178,59 @@ async def check_public_reachable(ctx: Context) -> Check:
 # --- providers ----------------------------------------------------------------------------------
 
 
-async def _twilio_account(ctx: Context) -> str | None:
-    """None when Twilio accepts the credentials, else what it said."""
-    from twilio.base.exceptions import TwilioException
+def _configured(ctx: Context, provider: Provider) -> bool:
+    """Checked when any of its credentials is set, or when it is the default provider."""
+    default = ((ctx.server or {}).get("default_provider") or ctx.settings.provider) == provider.name
+    return default or any(ctx.settings.get(s) for s in provider.credential_settings)
 
-    client = twilio_client(ctx.settings)
+
+async def check_credentials(ctx: Context, provider: Provider) -> Check:
+    name = f"{provider.name} credentials"
+    if not _configured(ctx, provider):
+        return Check(name, "skip", "not configured")
+    missing = provider.missing_credentials()
+    where = provider.credentials_from
+    if missing:
+        return fail(name, f"{', '.join(missing)} not set", f"set {', '.join(missing)} in .env (from {where})")
     try:
         async with asyncio.timeout(NET_TIMEOUT_S):
-            await client.api.v2010.accounts(ctx.settings.twilio_account_sid).fetch_async()
-    except TwilioException as exc:
-        return f"Twilio refused them: {twilio_refusal(exc)}"
-    finally:
-        await client.http_client.close()
-    return None
-
-
-async def _http_read(ctx: Context, url: str, **kwargs: Any) -> str | None:
-    status, body = await _get(ctx, url, **kwargs)
-    if status == 200:
-        return None
-    detail = body.get("message") or body.get("error") if isinstance(body, dict) else None
-    return f"GET {url} answered HTTP {status}" + (f": {detail}" if detail else "")
-
-
-async def _exotel_account(ctx: Context) -> str | None:
-    s = ctx.settings
-    basic = base64.b64encode(f"{s.exotel_api_key}:{s.exotel_api_token}".encode()).decode()
-    url = f"{s.exotel_api_base}/v1/Accounts/{s.exotel_account_sid}"
-    return await _http_read(ctx, url, headers={"Authorization": f"Basic {basic}"})
-
-
-async def _vobiz_account(ctx: Context) -> str | None:
-    s = ctx.settings
-    headers = {"X-Auth-ID": s.vobiz_auth_id, "X-Auth-Token": s.vobiz_auth_token}
-    return await _http_read(ctx, f"{s.vobiz_api_base}/Account/{s.vobiz_auth_id}/", headers=headers)
-
-
-@dataclass(frozen=True)
-class CredentialCheck:
-    """A provider's credential settings and a cheap authenticated read from its API."""
-
-    settings: tuple[str, ...]
-    read: Callable[[Context], Awaitable[str | None]]
-    where: str
-
-
-# Provider name -> its credential check; one entry per registered provider.
-CREDENTIALS: dict[str, CredentialCheck] = {
-    "twilio": CredentialCheck(
-        ("twilio_account_sid", "twilio_auth_token"), _twilio_account, "console.twilio.com > Account Info"
-    ),
-    "exotel": CredentialCheck(
-        ("exotel_account_sid", "exotel_api_key", "exotel_api_token"), _exotel_account, "Exotel dashboard > API"
-    ),
-    "vobiz": CredentialCheck(("vobiz_auth_id", "vobiz_auth_token"), _vobiz_account, "Vobiz console > API keys"),
-}
-
-
-async def check_credentials(ctx: Context, provider: str) -> Check:
-    name = f"{provider} credentials"
-    spec = CREDENTIALS.get(provider)
-    if spec is None:
-        return Check(name, "skip", "doctor has no credential check for this provider yet")
-    values = {s: ctx.settings.get(s) for s in spec.settings}
-    default = ((ctx.server or {}).get("default_provider") or ctx.settings.provider) == provider
-    if not any(values.values()) and not default:
-        return Check(name, "skip", "not configured")
-    missing = [s.upper() for s, v in values.items() if not v]
-    if missing:
-        return fail(name, f"{', '.join(missing)} not set", f"set {', '.join(missing)} in .env (from {spec.where})")
-    try:
-        refused = await spec.read(ctx)
+            refused = await provider.check_account(ctx.http)
     except NET_ERRORS as exc:
         return fail(
-            name, f"{provider}'s API did not answer: {_why(exc)}", f"check the network and {provider}'s API base"
+            name,
+            f"{provider.name}'s API did not answer: {_why(exc)}",
+            f"check the network and {provider.name}'s API base",
         )
     if refused:
-        names = ", ".join(s.upper() for s in spec.settings)
-        return fail(name, refused, f"check {names} (from {spec.where})")
-    return ok(name, f"accepted by {provider}'s API")
+        names = ", ".join(s.upper() for s in provider.credential_settings)
+        return fail(name, refused, f"check {names} (from {where})")
+    return ok(name, f"accepted by {provider.name}'s API")
 
 
-async def check_twilio_number(ctx: Context) -> Check:
-    name = "Twilio number webhook"
-    s = ctx.settings
-    if not (s.twilio_account_sid and s.twilio_auth_token):
-        return Check(name, "skip", "Twilio not configured")
-    if not s.twilio_phone_number:
-        return Check(name, "skip", "TWILIO_PHONE_NUMBER not set: no number to check", "set TWILIO_PHONE_NUMBER")
-    if not ctx.public_url:
-        return fail(name, "no PUBLIC_BASE_URL to compare the number's voice URL with", "voicecli serve --tunnel")
-    from twilio.base.exceptions import TwilioException
-
-    client = twilio_client(s)
+async def check_number(ctx: Context, provider: Provider) -> Check | None:
+    """Whether the number sends its calls to this server, where the provider's API tells."""
+    name = f"{provider.name} number webhook"
+    phone = ctx.settings.get(provider.phone_setting)
     try:
         async with asyncio.timeout(NET_TIMEOUT_S):
-            number = await twilio_number(s, client)
-    except TwilioException as exc:
-        return fail(name, f"Twilio refused the number lookup: {twilio_refusal(exc)}", "check the TWILIO_* settings")
+            current = await provider.number_webhook()
+    except ProviderError as exc:  # refused, or the number is not in the account
+        return fail(name, str(exc), f"check the {provider.name} settings and {provider.phone_setting.upper()}")
     except NET_ERRORS as exc:
-        return fail(name, f"Twilio's API did not answer: {_why(exc)}", "check the network and TWILIO_API_BASE")
-    except ProviderError as exc:  # the number is not in the account
-        return fail(name, str(exc), "set TWILIO_PHONE_NUMBER to a number of this account")
-    finally:
-        await client.http_client.close()
+        return fail(name, f"{provider.name}'s API did not answer: {_why(exc)}", "check the network and the API base")
+    if current is None:
+        return None  # this provider cannot tell, or its number is not set: nothing to check
+    if not ctx.public_url:
+        return fail(name, "no PUBLIC_BASE_URL to compare the number's webhook with", "voicecli serve --tunnel")
     agents = (ctx.server or {}).get("agents") or sorted(p.stem for p in ctx.agents_dir.glob("*.toml"))
-    wanted = {webhook_url(ctx.public_url, "twilio", agent) for agent in agents}
-    if number.voice_url in wanted:
-        return ok(name, f"{s.twilio_phone_number} -> {number.voice_url}")
+    if current in {webhook_url(ctx.public_url, provider.name, agent) for agent in agents}:
+        return ok(name, f"{phone} -> {current}")
     agent = agents[0] if agents else "<agent>"
     return fail(
         name,
-        f"{s.twilio_phone_number} sends calls to {number.voice_url or '(nothing)'}, not this server",
-        f"voicecli serve --agent {agent} --tunnel --update-webhook (or set it to "
-        f"{webhook_url(ctx.public_url, 'twilio', agent)} in the Twilio console)",
+        f"{phone} sends calls to {current or '(nothing)'}, not this server",
+        f"voicecli serve --agent {agent} --tunnel --update-webhook (or paste "
+        f"{webhook_url(ctx.public_url, provider.name, agent)} in the {provider.name} console)",
     )
 
 
@@ -329,8 +262,9 @@ def check_agents(ctx: Context) -> list[Check]:
 
 async def run_checks(settings: Settings, agents_dir: Path, agent_api: str | None = None) -> list[Check]:
     """Every check, in checklist order."""
-    from voicecli.providers import PROVIDERS
+    from voicecli.providers import PROVIDERS, load_provider
 
+    providers = [load_provider(name, settings) for name in PROVIDERS]
     api = (agent_api or recorded_agent_api(settings.state_dir) or DEFAULT_AGENT_API).rstrip("/")
     timeout = aiohttp.ClientTimeout(total=NET_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -340,10 +274,10 @@ async def run_checks(settings: Settings, agents_dir: Path, agent_api: str | None
         tunnel = await check_tunnel(ctx)
         rest = await asyncio.gather(
             check_public_reachable(ctx),
-            *(check_credentials(ctx, name) for name in PROVIDERS),
-            check_twilio_number(ctx),
+            *(check_credentials(ctx, provider) for provider in providers),
+            *(check_number(ctx, provider) for provider in providers),
         )
-    return [server, tunnel, check_public_url(ctx), *rest, *check_agents(ctx)]
+    return [server, tunnel, check_public_url(ctx), *filter(None, rest), *check_agents(ctx)]
 
 
 def failed(checks: list[Check]) -> bool:

@@ -146,6 +146,10 @@ class Provider(ABC):
     phone_setting: ClassVar[str]
     # Inbound audio arrives in messages of about this many milliseconds.
     frame_ms: ClassVar[int] = 20
+    # Where a user finds the credentials, for `doctor`'s fixes.
+    credentials_from: ClassVar[str] = "the provider's console"
+    # Where the provider's console takes the inbound URL ({number} and {status_url} filled in).
+    console_hint: ClassVar[str] = "{number}'s inbound call URL in the provider's console"
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -171,6 +175,34 @@ class Provider(ABC):
 
     def caller_id(self, from_number: str | None) -> str:
         return from_number or str(self.settings.get(self.phone_setting))
+
+    # --- setting up and checking the account -------------------------------------------
+    @abstractmethod
+    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
+        """A cheap authenticated read: None when the credentials are accepted, else the refusal.
+
+        Network errors and timeouts raise; the caller bounds the time.
+        """
+
+    async def point_number(self, webhook_url: str) -> str | None:
+        """Point the number at `webhook_url` through the API and say what changed.
+
+        None where the provider has no such API or the number is not set: the user pastes it.
+        """
+        return None
+
+    async def number_webhook(self) -> str | None:
+        """Where the number sends its calls now, read from the API; None where it cannot tell.
+
+        Raises ProviderError when the provider refuses the lookup.
+        """
+        return None
+
+    def paste_instructions(self, public_base_url: str, agent: str) -> str:
+        """The exact inbound URL to paste into the provider's console, and where."""
+        number = self.settings.get(self.phone_setting) or "your number"
+        where = self.console_hint.format(number=number, status_url=f"{public_base_url}/telephony/{self.name}/status")
+        return f"{self.name}: paste {public_base_url}/telephony/{self.name}/inbound/{agent}\n  where: {where}"
 
     @abstractmethod
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
@@ -284,3 +316,16 @@ def text_field(params: Mapping[str, Any], name: str) -> str | None:
     """A non-empty string field of a webhook or message, else None (junk is never trusted)."""
     value = params.get(name)
     return value if isinstance(value, str) and value else None
+
+
+async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> str | None:
+    """GET `url` with credentials: None on 200, else the provider's refusal (for check_account)."""
+    async with http.get(url, headers=dict(headers)) as resp:
+        if resp.status == 200:
+            return None
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            body = None
+    detail = (body.get("message") or body.get("error")) if isinstance(body, dict) else None
+    return f"GET {url} answered HTTP {resp.status}" + (f": {detail}" if detail else "")

@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from xml.etree import ElementTree
 
-from pipecat.frames.frames import AudioRawFrame, CancelFrame, EndFrame, Frame, InterruptionFrame
-from pipecat.serializers.exotel import ExotelFrameSerializer
-
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     AgentAudio,
@@ -32,6 +29,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    authenticated_read,
     text_field,
 )
 
@@ -51,54 +49,6 @@ STATUSES = {
     "answered": "in-progress",
     "ringing": "ringing",
 }
-
-
-class ExotelChunkingSerializer(ExotelFrameSerializer):
-    """pipecat's Exotel serializer, with outbound audio re-chunked to Exotel's rule.
-
-    Every media message must be a multiple of 320 bytes, at least 3,200 bytes and at most
-    100 KB; shorter or odd-sized messages cause jitter and 20 ms gaps (protocols.md B2).
-    Audio is buffered until a valid message can be sent; the tail of each utterance is
-    padded with silence and sent when the bot stops speaking (flush) or the call ends.
-    """
-
-    STEP = 320
-    MIN = 3200
-    MAX = 99_840  # the largest multiple of 320 under 100 KB
-
-    def __init__(self, stream_sid: str, call_sid: str | None = None, params: Any = None):
-        super().__init__(stream_sid, call_sid, params)
-        self._pending = bytearray()
-
-    def _media(self, pcm: bytes) -> str:
-        payload = base64.b64encode(pcm).decode("ascii")
-        return json.dumps({"event": "media", "stream_sid": self._stream_sid, "media": {"payload": payload}})
-
-    async def serialize(self, frame: Frame) -> str | bytes | None:
-        if isinstance(frame, InterruptionFrame):
-            self._pending.clear()  # barge-in: what was not sent is never to be heard
-            return await super().serialize(frame)
-        if isinstance(frame, AudioRawFrame):
-            pcm = await self._output_resampler.resample(frame.audio, frame.sample_rate, self._exotel_sample_rate)
-            self._pending += pcm or b""
-            size = min(len(self._pending) - len(self._pending) % self.STEP, self.MAX)
-            if size < self.MIN:
-                return None
-            chunk = bytes(self._pending[:size])
-            del self._pending[:size]
-            return self._media(chunk)
-        if isinstance(frame, EndFrame | CancelFrame):
-            return self.flush()
-        return await super().serialize(frame)
-
-    def flush(self) -> str | None:
-        """Send what is buffered, padded with silence to a valid size (end of an utterance)."""
-        if not self._pending:
-            return None
-        size = max(self.MIN, -(-len(self._pending) // self.STEP) * self.STEP)
-        chunk = bytes(self._pending) + bytes(size - len(self._pending))
-        self._pending.clear()
-        return self._media(chunk)
 
 
 def _prefers_json(request: web.Request) -> bool:
@@ -131,6 +81,10 @@ class ExotelProvider(Provider):
     name = "exotel"
     credential_settings = ("exotel_account_sid", "exotel_api_key", "exotel_api_token")
     phone_setting = "exotel_phone_number"
+    credentials_from = "Exotel dashboard > API"
+    console_hint = (
+        "Exotel App Bazaar > the flow of {number} > Voicebot applet > URL (dynamic mode); add a Hangup applet after it"
+    )
     frame_ms = 100
 
     def security_notes(self) -> list[str]:
@@ -183,6 +137,8 @@ class ExotelProvider(Provider):
             custom = custom if isinstance(custom, dict) else {}
             token = request.query.get(TOKEN_PARAM) or custom.get(TOKEN_PARAM)
             secret = request.query.get(SECRET_PARAM) or custom.get(SECRET_PARAM)
+            from voicecli.providers.exotel_chunks import ExotelChunkingSerializer
+
             return StreamStart(
                 serializer=ExotelChunkingSerializer(stream_sid, call_sid),
                 stream_id=stream_sid,
@@ -205,6 +161,13 @@ class ExotelProvider(Provider):
     async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
         return "ended by closing the stream (Exotel has no hang-up call for it)"
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": _basic_auth(self.settings.exotel_api_key, self.settings.exotel_api_token)}
+
+    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
+        url = f"{self.settings.exotel_api_base}/v1/Accounts/{self.settings.exotel_account_sid}"
+        return await authenticated_read(http, url, self._auth())
+
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
         """Calls/connect.json in Connect-Voice-AI mode: the stream URL goes in StreamUrl (B4)."""
         import aiohttp
@@ -221,9 +184,8 @@ class ExotelProvider(Provider):
             ("StatusCallbackEvents[1]", "answered"),
             ("CustomField", request.call.call_id),
         ]
-        headers = {"Authorization": _basic_auth(settings.exotel_api_key, settings.exotel_api_token)}
         try:
-            async with http.post(url, data=form, headers=headers) as resp:
+            async with http.post(url, data=form, headers=self._auth()) as resp:
                 text = await resp.text()
                 if resp.status >= 300:
                     raise ProviderError(f"Exotel refused the call: HTTP {resp.status}: {_exotel_error(text)}")

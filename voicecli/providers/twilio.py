@@ -6,14 +6,16 @@ https://www.twilio.com/docs/voice/media-streams/websocket-messages
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-from voicecli.audio import ulaw_decode, ulaw_encode
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     AgentAudio,
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 STREAM_TOKEN_PARAM = "stream_token"
+# Finding and updating the number is two requests; `serve --update-webhook` waits this long.
+POINT_TIMEOUT_S = 15.0
 # Twilio's call states, as our record's statuses (queued and initiated are both "queued").
 STATUSES = {
     "queued": "queued",
@@ -49,8 +53,14 @@ STATUSES = {
 }
 
 
-def _twilio_client(settings: Any) -> Any:
-    """The twilio SDK's async client pointed at TWILIO_API_BASE."""
+# The SDK's async client ignores its constructor's timeout (twilio 9.13): every REST call
+# here is bounded with asyncio.timeout instead.
+REST_TIMEOUT_S = 10.0
+
+
+@asynccontextmanager
+async def _rest(settings: Any, timeout_s: float = REST_TIMEOUT_S) -> AsyncIterator[Any]:
+    """The twilio SDK's async client at TWILIO_API_BASE, closed after use, time-bounded."""
     from twilio.http.async_http_client import AsyncTwilioHttpClient
     from twilio.rest import Client
 
@@ -59,11 +69,28 @@ def _twilio_client(settings: Any) -> Any:
     client = Client(
         settings.twilio_account_sid,
         settings.twilio_auth_token,
-        http_client=AsyncTwilioHttpClient(timeout=10),
+        http_client=AsyncTwilioHttpClient(),
         environment={"VOICECLI": "1"},
     )
     client.api.base_url = settings.twilio_api_base
-    return client
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield client
+    finally:
+        await client.http_client.close()
+
+
+def refusal(exc: Exception) -> str:
+    """`HTTP 401: Authenticate` from either twilio SDK error (list pages raise the plain one)."""
+    status, message = getattr(exc, "status", None), getattr(exc, "msg", None)
+    response = exc.args[1] if status is None and len(exc.args) > 1 else None
+    if response is not None:
+        status = getattr(response, "status_code", None)
+        try:
+            message = json.loads(response.text).get("message")
+        except (ValueError, AttributeError, TypeError):
+            message = None
+    return f"HTTP {status}: {message or exc.args[0]}"
 
 
 class TwilioProvider(Provider):
@@ -72,6 +99,10 @@ class TwilioProvider(Provider):
     name = "twilio"
     credential_settings = ("twilio_account_sid", "twilio_auth_token")
     phone_setting = "twilio_phone_number"
+    credentials_from = "console.twilio.com > Account Info"
+    console_hint = (
+        'Twilio console > Phone Numbers > {number} > Voice configuration > "A call comes in": Webhook, HTTP POST'
+    )
 
     def security_notes(self) -> list[str]:
         if not self.settings.twilio_auth_token:
@@ -181,24 +212,22 @@ class TwilioProvider(Provider):
         return StatusUpdate(text_field(params, "CallSid"), status, f"Twilio: {params.get('CallStatus')}")
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
-        from twilio.base.exceptions import TwilioRestException
+        from twilio.base.exceptions import TwilioException
 
-        client = _twilio_client(self.settings)
         try:
-            call = await client.calls.create_async(
-                to=request.to_number,
-                from_=request.from_number,
-                twiml=self.twiml(request.call, request.stream_url),
-                status_callback=request.status_url,
-                status_callback_event=["initiated", "ringing", "answered", "completed"],
-                status_callback_method="POST",
-            )
-        except TwilioRestException as exc:
-            raise ProviderError(f"Twilio refused the call: HTTP {exc.status}: {exc.msg}") from None
+            async with _rest(self.settings) as client:
+                call = await client.calls.create_async(
+                    to=request.to_number,
+                    from_=request.from_number,
+                    twiml=self.twiml(request.call, request.stream_url),
+                    status_callback=request.status_url,
+                    status_callback_event=["initiated", "ringing", "answered", "completed"],
+                    status_callback_method="POST",
+                )
+        except TwilioException as exc:
+            raise ProviderError(f"Twilio refused the call: {refusal(exc)}") from None
         except Exception as exc:  # timeouts, refused connections, malformed answers
             raise ProviderError(f"Twilio could not be reached: {type(exc).__name__}: {exc}") from None
-        finally:
-            await client.http_client.close()
         if not isinstance(getattr(call, "sid", None), str) or not call.sid:
             raise ProviderError("Twilio's answer had no call sid")
         return call.sid
@@ -211,18 +240,78 @@ class TwilioProvider(Provider):
             return "not hung up through Twilio's API: no call sid"
         from twilio.base.exceptions import TwilioRestException
 
-        client = _twilio_client(self.settings)
         try:
-            await client.calls(provider_call_id).update_async(status="completed")
+            async with _rest(self.settings) as client:
+                await client.calls(provider_call_id).update_async(status="completed")
         except TwilioRestException as exc:
             if exc.status == 404:
                 return "call had already ended at Twilio"
-            return f"Twilio refused the hang-up: HTTP {exc.status} {exc.msg}"
-        except Exception as exc:  # network failures: the call still ends on our side
+            return f"Twilio refused the hang-up: {refusal(exc)}"
+        except Exception as exc:  # network failures and timeouts: the call still ends on our side
             return f"Twilio hang-up failed: {type(exc).__name__}: {exc}"
-        finally:
-            await client.http_client.close()
         return "hung up through Twilio's REST API"
+
+    # --- the account and the number ---------------------------------------------------
+    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
+        from twilio.base.exceptions import TwilioException
+
+        try:
+            async with _rest(self.settings) as client:
+                await client.api.v2010.accounts(self.settings.twilio_account_sid).fetch_async()
+        except TwilioException as exc:
+            return f"Twilio refused them: {refusal(exc)}"
+        return None
+
+    async def _number(self, client: Any) -> Any:
+        """The account's IncomingPhoneNumber for TWILIO_PHONE_NUMBER."""
+        phone = self.settings.twilio_phone_number
+        numbers = await client.incoming_phone_numbers.list_async(phone_number=phone, limit=1)
+        if not numbers:
+            raise ProviderError(
+                f"{phone} is not a number of Twilio account {self.settings.twilio_account_sid}: "
+                "check TWILIO_PHONE_NUMBER"
+            )
+        return numbers[0]
+
+    def _number_known(self) -> bool:
+        return not self.missing_credentials() and bool(self.settings.twilio_phone_number)
+
+    async def number_webhook(self) -> str | None:
+        if not self._number_known():
+            return None
+        from twilio.base.exceptions import TwilioException
+
+        try:
+            async with _rest(self.settings) as client:
+                number = await self._number(client)
+        except TwilioException as exc:
+            raise ProviderError(f"Twilio refused the number lookup: {refusal(exc)}") from None
+        return str(number.voice_url or "")
+
+    async def point_number(self, webhook_url: str) -> str | None:
+        if not self._number_known():
+            return None  # not enough to find the number: the user pastes the URL instead
+        from twilio.base.exceptions import TwilioException
+
+        phone = self.settings.twilio_phone_number
+        try:
+            async with _rest(self.settings, POINT_TIMEOUT_S) as client:
+                number = await self._number(client)
+                before = number.voice_url or "(none)"
+                if number.voice_url == webhook_url and (number.voice_method or "POST").upper() == "POST":
+                    return f"Twilio number {phone} already sends calls to {webhook_url}"
+                await client.incoming_phone_numbers(number.sid).update_async(voice_url=webhook_url, voice_method="POST")
+        except TwilioException as exc:
+            raise ProviderError(f"Twilio refused to update {phone}: {refusal(exc)}") from None
+        except ProviderError:
+            raise
+        except TimeoutError:
+            raise ProviderError(
+                f"Twilio did not answer within {POINT_TIMEOUT_S:g} s; {phone} was not updated"
+            ) from None
+        except Exception as exc:  # refused connections, malformed answers
+            raise ProviderError(f"Twilio could not be reached to update {phone}: {type(exc).__name__}: {exc}") from None
+        return f"Twilio number {phone}: voice URL changed from {before} to {webhook_url} (POST)"
 
 
 def _stream_of(twiml: str) -> tuple[str, dict[str, str]]:
@@ -304,6 +393,8 @@ class TwilioCaller(CallerSide):
         ]
 
     def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
+        from voicecli.audio import ulaw_encode  # numpy: only the emulator needs it
+
         chunk = seq - 1  # sequence 1 is `start`
         return {
             "event": "media",
@@ -334,6 +425,8 @@ class TwilioCaller(CallerSide):
         }
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
+        from voicecli.audio import ulaw_decode
+
         event = str(message.get("event"))
         if event == "media":
             payload = message.get("media", {}).get("payload", "")

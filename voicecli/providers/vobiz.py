@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
-from voicecli.audio import ulaw_decode, ulaw_encode
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     AgentAudio,
@@ -32,6 +31,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    authenticated_read,
     text_field,
 )
 
@@ -90,10 +90,18 @@ class VobizProvider(Provider):
     name = "vobiz"
     credential_settings = ("vobiz_auth_id", "vobiz_auth_token")
     phone_setting = "vobiz_phone_number"
+    credentials_from = "Vobiz console > API keys"
+    console_hint = (
+        "Vobiz console > Applications > the application of {number} > Answer URL (POST); Hangup URL: {status_url}"
+    )
 
     def _auth_headers(self) -> dict[str, str]:
         # Vobiz authenticates with these headers, not HTTP Basic (that is Plivo), protocols.md C1.
         return {"X-Auth-ID": self.settings.vobiz_auth_id, "X-Auth-Token": self.settings.vobiz_auth_token}
+
+    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
+        url = f"{self.settings.vobiz_api_base}/Account/{self.settings.vobiz_auth_id}/"
+        return await authenticated_read(http, url, self._auth_headers())
 
     def security_notes(self) -> list[str]:
         if not self.settings.vobiz_auth_token:
@@ -340,6 +348,8 @@ class VobizCaller(CallerSide):
         ]
 
     def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
+        from voicecli.audio import ulaw_encode  # numpy: only the emulator needs it
+
         return {
             "event": "media",
             "sequenceNumber": seq,
@@ -365,6 +375,8 @@ class VobizCaller(CallerSide):
         return None  # Vobiz sends no stop: the socket just closes
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
+        from voicecli.audio import ulaw_decode
+
         event = str(message.get("event"))
         if event == "playAudio":
             payload = message.get("media", {}).get("payload", "")
