@@ -329,3 +329,11 @@ async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Map
             body = None
     detail = (body.get("message") or body.get("error")) if isinstance(body, dict) else None
     return f"GET {url} answered HTTP {resp.status}" + (f": {detail}" if detail else "")
+
+
+async def form_params(request: web.Request) -> Mapping[str, Any]:
+    """A webhook's fields: the form body of a POST, the query of a GET; 400 when undecodable."""
+    try:
+        return await request.post() if request.method == "POST" else request.query
+    except ValueError:  # undecodable bytes in a form body
+        raise WebhookRejected(400, "malformed form body") from None

@@ -28,6 +28,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     WebhookRejected,
+    form_params,
     text_field,
 )
 
@@ -115,10 +116,7 @@ class TwilioProvider(Provider):
         return RequestValidator(self.settings.twilio_auth_token)
 
     async def _signed_params(self, request: web.Request, public_url: str) -> Mapping[str, Any]:
-        try:
-            params = await request.post() if request.method == "POST" else request.query
-        except ValueError:  # undecodable bytes in a form body
-            raise WebhookRejected(400, "malformed form body") from None
+        params = await form_params(request)
         if self.settings.twilio_auth_token:
             signature = request.headers.get("X-Twilio-Signature", "")
             # GET webhooks carry their fields in the URL, which is what is signed.

@@ -32,6 +32,7 @@ from voicecli.providers.base import (
     StreamStart,
     WebhookRejected,
     authenticated_read,
+    form_params,
     text_field,
 )
 
@@ -121,10 +122,7 @@ class VobizProvider(Provider):
         raise WebhookRejected(403, "invalid or missing X-Vobiz-Signature-V3/V2")
 
     async def _form(self, request: web.Request, public_url: str) -> Mapping[str, Any]:
-        try:
-            params = await request.post() if request.method == "POST" else request.query
-        except ValueError:
-            raise WebhookRejected(400, "malformed form body") from None
+        params = await form_params(request)
         self._verify(request, public_url, {k: v for k, v in params.items() if isinstance(v, str)})
         return params
 
