@@ -74,7 +74,11 @@ def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     settings = OpenAITTSService.Settings(
         model=options.get("model", "gpt-4o-mini-tts"), voice=options.get("voice", "alloy")
     )
-    return OpenAITTSService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
+    # OpenAI sends 24 kHz PCM; without the rate the service would label it with the
+    # pipeline's 8 kHz and every reply would play three times too slow.
+    return OpenAITTSService(
+        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings, sample_rate=24000
+    )
 
 
 def cartesia_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
