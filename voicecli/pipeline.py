@@ -26,9 +26,12 @@ from voicecli.services import SERVICES, create_service
 from voicecli.shared_models import SharedSileroVAD, SharedSmartTurn
 from voicecli.transport import CallLine, WebsocketTransport
 
-# Telephony audio is 8 kHz. The pipeline hears at 16 kHz (what VAD, Smart Turn and the
-# recognisers are trained on) and speaks at 8 kHz, so output needs no resampling on the wire.
-AUDIO_IN_RATE = 16000
+# Telephony audio is 8 kHz and the pipeline hears and speaks at 8 kHz, as pipecat's telephony
+# examples do: Silero runs at 8 kHz, Smart Turn and PocketSphinx resample each segment once.
+# At 16 kHz the serializer's streaming VHQ resampler ran on every 20 ms frame, held audio back
+# (handing ~80 ms at a time to the pipeline, +40 ms median) and, after a 200 ms stall, cleared
+# its buffer and lost audio (bench/README.md).
+AUDIO_IN_RATE = 8000
 AUDIO_OUT_RATE = 8000
 
 TranscriptSink = Callable[[str, str], Awaitable[None]]

@@ -9,11 +9,13 @@ and onnxruntime allows concurrent `run` calls on one session, so calls can share
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from typing import Any
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 
 
 @functools.cache
@@ -27,13 +29,34 @@ def _silero_session() -> Any:
 
 
 class SharedSmartTurn(LocalSmartTurnAnalyzerV3):
-    """Smart Turn v3 over the process-wide session."""
+    """Smart Turn v3 over the process-wide session, run at low CPU priority."""
 
     def __init__(self, **kwargs: Any):
         # Run the base classes' __init__ but not this class's parent, which loads the model.
         super(LocalSmartTurnAnalyzerV3, self).__init__(**kwargs)
         self._log_data = False
         self._session = _smart_turn_session()
+
+    def _predict_endpoint(self, audio_array: Any) -> Any:
+        # One run is 100-130 ms of CPU (bench/README.md). It runs in a worker thread; at
+        # normal priority it takes half the core from the event loop for that long and every
+        # call's outgoing audio runs late. At the lowest priority it uses the loop's idle time.
+        _lower_this_thread()
+        return super()._predict_endpoint(audio_array)
+
+
+def _lower_this_thread() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: per-thread nice); once per thread."""
+    if getattr(_thread_state, "lowered", False):
+        return
+    _thread_state.lowered = True
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
+
+
+_thread_state = threading.local()
 
 
 class _SharedSileroModel(SileroOnnxModel):
@@ -46,13 +69,19 @@ class _SharedSileroModel(SileroOnnxModel):
 
 
 class SharedSileroVAD(SileroVADAnalyzer):
-    """Silero VAD over the process-wide session."""
+    """Silero VAD over the process-wide session, run inline on the event loop."""
 
     def __init__(self, *, params: VADParams | None = None):
         VADAnalyzer.__init__(self, sample_rate=None, params=params)
         self._model = _SharedSileroModel(_silero_session())
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        # pipecat hands every audio frame to a per-call thread. One Silero window (32 ms of
+        # audio) takes a fraction of a millisecond, less than the hand-off itself, and on a
+        # busy core the event loop then waits on that thread for the GIL (bench/README.md).
+        return self._run_analyzer(buffer)
 
 
 def warm_up() -> None:

@@ -35,6 +35,9 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 Messages = AsyncIterator[tuple[str, dict[str, Any]]]
 
+# Caller audio is handed to the pipeline in frames of at least this many milliseconds.
+INPUT_FRAME_MS = 40
+
 
 class CallLine:
     """The shared state of one call's socket: who closed it, and when its audio ends playing."""
@@ -126,6 +129,11 @@ class WebsocketInput(BaseInputTransport):
     async def _receive(self) -> None:
         line = self._line
         reason = "caller hung up"
+        # Providers send 20 ms frames. Every frame costs the pipeline the same (a queue hop per
+        # processor, observers, VAD bookkeeping), whatever its length, so two are handed on as
+        # one 40 ms frame: half the per-frame work for 10 ms more median media latency.
+        pending: list[bytes] = []
+        pending_bytes = 0
         async for text, message in line.messages:
             if line.is_stop(message):
                 break
@@ -138,6 +146,16 @@ class WebsocketInput(BaseInputTransport):
             if frame is None:
                 continue
             if isinstance(frame, InputAudioRawFrame):
+                pending.append(frame.audio)
+                pending_bytes += len(frame.audio)
+                if pending_bytes * 1000 < INPUT_FRAME_MS * frame.sample_rate * 2 * frame.num_channels:
+                    continue
+                if len(pending) > 1:
+                    # The latest frame carries them all (in order), so nothing is copied twice.
+                    frame.audio = b"".join(pending)
+                    frame.num_frames = len(frame.audio) // (2 * frame.num_channels)
+                pending.clear()
+                pending_bytes = 0
                 await self.push_audio_frame(frame)
             elif isinstance(frame, InputTransportMessageFrame):
                 await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
