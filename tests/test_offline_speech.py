@@ -32,6 +32,8 @@ from voicecli.services.pocketsphinx_stt import PocketSphinxSTTService, transcrib
 # What the demo agent's factory passes: its script keywords (agents/demo.toml) and the fillers.
 KEYWORDS = ["pricing", "price", "cost", "hours", "open", "support", "help"]
 PHRASES = [*KEYWORDS, *FILLER_PHRASES]
+# The recogniser's model rate. Calls run at 8 kHz (voicecli/pipeline.py) and the STT resamples each
+# utterance to this; the end-to-end tests (test_contract.py) cover that path.
 PIPELINE_RATE = 16000
 
 
