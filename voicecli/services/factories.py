@@ -55,21 +55,32 @@ def deepgram_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agen
 def openai_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
     from pipecat.services.openai.stt import OpenAISTTService
 
+    from voicecli.services.openai_http import shared_http_client
+
     settings = OpenAISTTService.Settings(model=options.get("model", "gpt-4o-transcribe"))
-    return OpenAISTTService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
+    return OpenAISTTService(
+        api_key=_openai_key(options, env),
+        base_url=options.get("base_url"),
+        settings=settings,
+        http_client=shared_http_client(),
+    )
 
 
 def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
-    from pipecat.services.openai.llm import OpenAILLMService
+    from voicecli.services.openai_http import SharedClientOpenAILLMService
 
-    settings = OpenAILLMService.Settings(model=options.get("model", "gpt-4.1-mini"))
+    settings = SharedClientOpenAILLMService.Settings(model=options.get("model", "gpt-4.1-mini"))
     if "temperature" in options:
         settings.temperature = float(options["temperature"])
-    return OpenAILLMService(api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings)
+    return SharedClientOpenAILLMService(
+        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings
+    )
 
 
 def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
     from pipecat.services.openai.tts import OpenAITTSService
+
+    from voicecli.services.openai_http import shared_http_client
 
     settings = OpenAITTSService.Settings(
         model=options.get("model", "gpt-4o-mini-tts"), voice=options.get("voice", "alloy")
@@ -77,7 +88,11 @@ def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     # OpenAI sends 24 kHz PCM; without the rate the service would label it with the
     # pipeline's 8 kHz and every reply would play three times too slow.
     return OpenAITTSService(
-        api_key=_openai_key(options, env), base_url=options.get("base_url"), settings=settings, sample_rate=24000
+        api_key=_openai_key(options, env),
+        base_url=options.get("base_url"),
+        settings=settings,
+        sample_rate=24000,
+        http_client=shared_http_client(),
     )
 
 
