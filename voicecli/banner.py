@@ -9,12 +9,7 @@ from voicecli.console import stdout
 from voicecli.providers import PROVIDERS
 from voicecli.server_state import ServerState
 from voicecli.state import API_TOKEN_FILE
-
-
-def _urls(base: str, provider: str, agent: str) -> tuple[str, str]:
-    scheme, rest = base.split("://", 1)
-    ws = "wss" if scheme == "https" else "ws"
-    return f"{base}/telephony/{provider}/inbound/{agent}", f"{ws}://{rest}/ws/{provider}/{agent}"
+from voicecli.urls import stream_url, webhook_url
 
 
 def print_banner(state: ServerState, local_url: str, tunnel: str | None = None) -> None:
@@ -49,7 +44,9 @@ def print_banner(state: ServerState, local_url: str, tunnel: str | None = None) 
         provider = state.provider(name)
         missing = provider.missing_credentials()
         creds = Text("missing " + ", ".join(missing), style="yellow") if missing else Text("set", style="green")
-        urls = "\n".join(u for agent in state.agents for u in _urls(base, name, agent))
+        urls = "\n".join(
+            url for agent in state.agents for url in (webhook_url(base, name, agent), stream_url(base, name, agent))
+        )
         providers.add_row(name, creds, str(provider.max_concurrent), urls)
     console.print(providers)
     for name in PROVIDERS:

@@ -18,7 +18,8 @@ import aiohttp
 from voicecli.errors import ProviderError
 from voicecli.settings import Settings
 from voicecli.state import read_api_token, read_server
-from voicecli.tunnel import DEFAULT_AGENT_API, recorded_agent_api, webhook_url
+from voicecli.tunnel import DEFAULT_AGENT_API, recorded_agent_api
+from voicecli.urls import webhook_url
 
 if TYPE_CHECKING:
     from voicecli.providers.base import Provider

@@ -8,11 +8,12 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from voicecli import urls
 from voicecli.errors import ProviderError
 from voicecli.providers.base import DialRequest, WebhookRejected
 from voicecli.server_state import STATE, ServerState
 from voicecli.store import TERMINAL_STATUSES, new_call_id
-from voicecli.telephony import public_url, refusal, stream_call, stream_url, ws_base
+from voicecli.telephony import public_url, refusal, stream_call, stream_url
 
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 # A dialled call whose stream has not arrived by then gives its slot back.
@@ -68,9 +69,9 @@ async def place_call(request: web.Request) -> web.Response:
     dial = DialRequest(
         to_number=phone,
         from_number=caller_id,
-        stream_url=ws_base(base) + f"/ws/{provider_name}/{agent}",
-        status_url=f"{base}/telephony/{provider_name}/status/{call_id}",
-        answer_url=f"{base}/telephony/{provider_name}/answer/{call_id}",
+        stream_url=urls.stream_url(base, provider_name, agent),
+        status_url=urls.status_url(base, provider_name, call_id),
+        answer_url=urls.answer_url(base, provider_name, call_id),
         call=stream_call(state, record),
     )
     try:

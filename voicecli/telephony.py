@@ -7,11 +7,11 @@ contract in providers/base.py does the provider-specific work.
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
 from loguru import logger
 
+from voicecli import urls
 from voicecli.limits import Pass, Slot
 from voicecli.providers.base import StreamCall, StreamMessages, WebhookRejected
 from voicecli.server_state import STATE, ServerState
@@ -48,15 +48,8 @@ def public_url(state: ServerState, request: web.Request) -> str:
     return f"{base}{request.path_qs}" if base else str(request.url)
 
 
-def ws_base(base: str) -> str:
-    """https://host -> wss://host (http -> ws): where providers open media streams."""
-    parts = urlsplit(base)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{parts.path}"
-
-
 def stream_url(state: ServerState, request: web.Request, provider: str, agent: str) -> str:
-    return f"{ws_base(state.base_url(request))}/ws/{provider}/{agent}"
+    return urls.stream_url(state.base_url(request), provider, agent)
 
 
 def stream_call(state: ServerState, record: CallRecord) -> StreamCall:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from voicecli.errors import VoicecliError
 from voicecli.state import write_private
+from voicecli.urls import webhook_url
 
 if TYPE_CHECKING:
     from voicecli.settings import Settings
@@ -26,10 +27,6 @@ TOKEN_HELP = (
     "set NGROK_AUTHTOKEN in .env (copy it from https://dashboard.ngrok.com/get-started/your-authtoken) "
     "or run: ngrok config add-authtoken <token>"
 )
-
-
-def webhook_url(public_base_url: str, provider: str, agent: str) -> str:
-    return f"{public_base_url}/telephony/{provider}/inbound/{agent}"
 
 
 @dataclass

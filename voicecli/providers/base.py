@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from voicecli.urls import status_url, webhook_url
+
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp import web
@@ -201,8 +203,8 @@ class Provider(ABC):
     def paste_instructions(self, public_base_url: str, agent: str) -> str:
         """The exact inbound URL to paste into the provider's console, and where."""
         number = self.settings.get(self.phone_setting) or "your number"
-        where = self.console_hint.format(number=number, status_url=f"{public_base_url}/telephony/{self.name}/status")
-        return f"{self.name}: paste {public_base_url}/telephony/{self.name}/inbound/{agent}\n  where: {where}"
+        where = self.console_hint.format(number=number, status_url=status_url(public_base_url, self.name))
+        return f"{self.name}: paste {webhook_url(public_base_url, self.name, agent)}\n  where: {where}"
 
     @abstractmethod
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:

@@ -1,0 +1,35 @@
+"""The server's public URLs, built in one place from a base URL (PUBLIC_BASE_URL or its own).
+
+The routes themselves are in server.py; these are what providers are told to call.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+def ws_base(base: str) -> str:
+    """https://host -> wss://host (http -> ws): where providers open media streams."""
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path}"
+
+
+def webhook_url(base: str, provider: str, agent: str) -> str:
+    """Where a provider posts an inbound call for `agent`."""
+    return f"{base}/telephony/{provider}/inbound/{agent}"
+
+
+def stream_url(base: str, provider: str, agent: str) -> str:
+    """The media WebSocket for `agent`'s calls."""
+    return f"{ws_base(base)}/ws/{provider}/{agent}"
+
+
+def status_url(base: str, provider: str, call_id: str | None = None) -> str:
+    """Where a provider reports what became of a call (one of ours, when `call_id` is given)."""
+    return f"{base}/telephony/{provider}/status" + (f"/{call_id}" if call_id else "")
+
+
+def answer_url(base: str, provider: str, call_id: str) -> str:
+    """Where a provider fetches the stream document for a call we dialled."""
+    return f"{base}/telephony/{provider}/answer/{call_id}"
