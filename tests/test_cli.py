@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import wave
-from pathlib import Path
 
 import pytest
 
+from tests.processes import run_voicecli
 from voicecli import __version__
-
-
-async def _cli(project: Path, *args: str, python_flags: tuple[str, ...] = ()) -> tuple[int, str, str]:
-    """Run `python -m voicecli ARGS` in the project while this event loop keeps serving."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *python_flags,
-        "-m",
-        "voicecli",
-        *args,
-        cwd=project,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "60"},  # narrow: output off a terminal is never cut
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_simulate_calls_the_agent_and_writes_what_the_caller_heard(project, start_server) -> None:
     server = await start_server()
-    code, out, err = await _cli(
+    code, out, err = await run_voicecli(
         project,
         "simulate",
         "--say",
@@ -58,14 +39,14 @@ async def test_calls_off_a_terminal_prints_ids_and_numbers_whole(project, start_
     record = await server.state.store.create(
         provider="vobiz", agent="demo", direction="inbound", from_number="+919812345678", to_number="+918071234567"
     )
-    code, out, err = await _cli(project, "calls", "--server", server.url)
+    code, out, err = await run_voicecli(project, "calls", "--server", server.url)
     assert code == 0, err
     for whole in (record.id, "+919812345678", "+918071234567"):
         assert whole in out
 
 
 async def test_serve_without_an_agents_keys_names_them_in_one_red_line(project) -> None:
-    code, out, err = await _cli(project, "serve", "--agent", "sales", "--port", "0")
+    code, out, err = await run_voicecli(project, "serve", "--agent", "sales", "--port", "0")
     assert code == 1 and "Traceback" not in err
     assert "DEEPGRAM_API_KEY" in err and "OPENAI_API_KEY" in err and "CARTESIA_API_KEY" in err
     assert len(err.strip().splitlines()) == 1
@@ -73,18 +54,18 @@ async def test_serve_without_an_agents_keys_names_them_in_one_red_line(project) 
 
 async def test_a_broken_agent_file_is_named_at_start_up(project) -> None:
     (project / "agents" / "broken.toml").write_text('greeting = "hi"\n[stt\nprovider = "x"\n')
-    code, out, err = await _cli(project, "serve", "--agent", "broken", "--port", "0")
+    code, out, err = await run_voicecli(project, "serve", "--agent", "broken", "--port", "0")
     assert code == 1 and "broken.toml" in err and "Traceback" not in err
 
 
 async def test_calls_without_a_server_says_how_to_start_one(project) -> None:
-    code, out, err = await _cli(project, "calls")
+    code, out, err = await run_voicecli(project, "calls")
     assert code == 1 and "voicecli serve" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["config", "list"], ["calls", "--json"]])
 async def test_commands_that_run_no_calls_import_no_pipecat(project, args) -> None:
-    code, out, err = await _cli(project, *args, python_flags=("-X", "importtime"))
+    code, out, err = await run_voicecli(project, *args, python_flags=("-X", "importtime"))
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
     assert imported, "importtime printed nothing"
     assert not [m for m in imported if m.startswith(("pipecat", "torch", "onnxruntime", "numpy"))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
 from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VOBIZ_TOKEN, twilio_voice_url
+from tests.processes import run_voicecli
 from voicecli.cli import app
 from voicecli.providers import load_provider
 from voicecli.settings import load_settings
@@ -314,24 +314,10 @@ async def test_other_providers_credentials_are_checked_when_configured(
 
 
 async def test_doctor_imports_no_pipecat_and_no_numpy(healthy: Setup) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-X",
-        "importtime",
-        "-m",
-        "voicecli",
-        "doctor",
-        "--ngrok-api",
-        healthy.ngrok.url,
-        cwd=healthy.project,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
+    code, out, err = await run_voicecli(
+        healthy.project, "doctor", "--ngrok-api", healthy.ngrok.url, python_flags=("-X", "importtime")
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, out.decode()
-    imported = [
-        line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines() if line.startswith("import time:")
-    ]
+    assert code == 0, out
+    imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
     assert "twilio.rest" in imported  # the Twilio checks ran
     assert not [m for m in imported if m.startswith(("pipecat", "numpy", "torch", "onnxruntime"))]

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VOBIZ_TOKEN
+from tests.processes import run_voicecli
 from voicecli.simulator import Press, SimResult, Step, answer_dialled_call
 from voicecli.state import ServerInfo, record_server
 
@@ -312,26 +311,11 @@ async def test_an_unanswered_call_is_closed_by_its_status_callback(start_server,
     assert server.state.limiter.in_use("twilio") == 0
 
 
-async def _cli(project: Path, *args: str) -> tuple[int, str, str]:
-    """Run the real `voicecli` in a child process while this loop keeps serving."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "voicecli",
-        *args,
-        cwd=project,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
 async def test_voicecli_call_wait_prints_the_outcome_and_transcript(project, start_server, network) -> None:
     server = await start_server(**network.env())
     network.server, network.answer_steps = server, [Press("1"), Press("0")]
-    code, out, err = await _cli(project, "call", CUSTOMER, "--provider", "vobiz", "--wait", "--server", server.url)
+    args = ("call", CUSTOMER, "--provider", "vobiz", "--wait", "--server", server.url)
+    code, out, err = await run_voicecli(project, *args)
     assert code == 0, err
     assert f"dialling {CUSTOMER} from {OUR_NUMBERS['vobiz']} through vobiz" in out
     assert "completed" in out and "Our plans start at twenty dollars a month." in out
@@ -341,11 +325,11 @@ async def test_voicecli_call_wait_prints_the_outcome_and_transcript(project, sta
 
 async def test_voicecli_call_refuses_clearly(project, start_server, network) -> None:
     server = await start_server(**network.env())
-    code, out, err = await _cli(project, "call", "5551234567", "--server", server.url)
+    code, out, err = await run_voicecli(project, "call", "5551234567", "--server", server.url)
     assert code == 1 and "E.164" in err and "Traceback" not in err
-    code, out, err = await _cli(project, "call", CUSTOMER, "--agent", "nobody", "--server", server.url)
+    code, out, err = await run_voicecli(project, "call", CUSTOMER, "--agent", "nobody", "--server", server.url)
     assert code == 1 and "demo" in err
-    code, out, err = await _cli(project, "call", CUSTOMER, "--server", "http://127.0.0.1:9")
+    code, out, err = await run_voicecli(project, "call", CUSTOMER, "--server", "http://127.0.0.1:9")
     assert code == 1 and "voicecli serve" in err and "Traceback" not in err
     assert network.dials() == []
 
@@ -353,7 +337,7 @@ async def test_voicecli_call_refuses_clearly(project, start_server, network) -> 
 async def test_config_set_provider_switches_the_running_servers_next_call(project, start_server, network) -> None:
     server = await start_server(**network.env())
     record_server(server.state.settings.state_dir, ServerInfo(server.url, 1, ["demo"]))
-    code, out, err = await _cli(project, "config", "set", "provider", "vobiz")
+    code, out, err = await run_voicecli(project, "config", "set", "provider", "vobiz")
     assert code == 0, err
     assert "the running server uses it now" in out
     assert 'provider = "vobiz"' in (project / "voicecli.toml").read_text()

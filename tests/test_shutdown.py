@@ -7,37 +7,23 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import make_settings
+from tests.processes import serving
 from tests.wire import WireCall, agent_audio
 from voicecli.state import DB_FILE
 from voicecli.store import SQLiteCallStore
 
 
-@contextmanager
-def _serve(project: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`voicecli serve` in a child process, killed and reaped whatever the test does."""
+def _serve(project: Path, *extra: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """`voicecli serve` with no provider or voicecli settings from this process's environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOICECLI_"))}
-    with (project / "serve.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
-            cwd=project,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
+    return serving(project, env, *extra)
 
 
 async def _wait_for_server(project: Path, proc: subprocess.Popen[bytes]) -> str:

@@ -15,14 +15,13 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from xml.etree import ElementTree
 
 import aiohttp
 
 from tests.conftest import TWILIO_NUMBER, TWILIO_SID, twilio_env, twilio_voice_url
+from tests.processes import serving
 
 PUBLIC = "https://abc123.ngrok-free.app"
 NGROK_TOKEN = "ngrok-test-token-never-printed-42"
@@ -140,23 +139,6 @@ def ngrok_env(project: Path, token: str | None = NGROK_TOKEN, **extra: str) -> d
 def ngrok_log(project: Path) -> list[dict]:
     path = project / "ngrok.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-@contextmanager
-def serving(project: Path, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    with (project / "serve.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
-            cwd=project,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 async def wait_for_output(project: Path, proc: subprocess.Popen[bytes], text: str) -> str:

@@ -1,0 +1,50 @@
+"""The real `voicecli` executable in a child process, for tests that run it as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+# Narrow on purpose: output off a terminal must never be cut, whatever COLUMNS says.
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "60"}
+
+
+async def run_voicecli(
+    project: Path, *args: str, python_flags: tuple[str, ...] = (), env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `python -m voicecli ARGS` in the project while this event loop keeps serving."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *python_flags,
+        "-m",
+        "voicecli",
+        *args,
+        cwd=project,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(CLEAN_ENV if env is None else env),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@contextmanager
+def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`voicecli serve --agent demo` in a child process logging to serve.log; killed and reaped after."""
+    with (project / "serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
+            cwd=project,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
