@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -17,6 +18,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_transport import TransportParams
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -33,6 +35,26 @@ from voicecli.transport import CallLine, WebsocketTransport
 # its buffer and lost audio (bench/README.md).
 AUDIO_IN_RATE = 8000
 AUDIO_OUT_RATE = 8000
+
+class AudioEnd(FrameProcessor):
+    """Ends one kind of audio frame's trip through the pipeline, after its last reader.
+
+    pipecat passes every audio frame on to the end of the pipeline: the caller's audio
+    through the LLM, the TTS, the output transport and the assistant aggregator, the agent's
+    through the assistant aggregator, none of which read it. Each hop is a queue, a task
+    switch and an observer notification, 25 times a second per call. This runs in the
+    previous processor's task (direct mode), so it adds no hop of its own.
+    """
+
+    def __init__(self, kind: type[Frame]) -> None:
+        super().__init__(enable_direct_mode=True)
+        self._kind = kind
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, self._kind):
+            await self.push_frame(frame, direction)
+
 
 TranscriptSink = Callable[[str, str], Awaitable[None]]
 
@@ -67,7 +89,15 @@ def build_task(
     if not SERVICES["llm"][agent.llm.provider].reads_dtmf:
         # Cloud LLMs hear key presses as text ("DTMF: 1"); the script reads them directly.
         processors.append(DTMFAggregator())
-    processors += [aggregators.user(), llm, tts, transport.output(), aggregators.assistant()]
+    processors += [
+        aggregators.user(),
+        AudioEnd(InputAudioRawFrame),
+        llm,
+        tts,
+        transport.output(),
+        AudioEnd(OutputAudioRawFrame),
+        aggregators.assistant(),
+    ]
 
     task = PipelineWorker(
         Pipeline(processors),
@@ -76,6 +106,9 @@ def build_task(
         # The session ends an idle call politely (goodbye, hang-up) instead of cancelling it.
         cancel_on_idle_timeout=False,
         enable_rtvi=False,
+        # Turn tracking is an observer told about every frame at every processor; voicecli
+        # keeps its own transcript from the aggregators' events.
+        enable_turn_tracking=False,
     )
 
     @aggregators.user().event_handler("on_user_turn_stopped")
