@@ -76,12 +76,36 @@ class SharedSileroVAD(SileroVADAnalyzer):
         self._model = _SharedSileroModel(_silero_session())
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
+        self._window_volume = 0.0
+        self._model_fresh = True
 
     async def analyze_audio(self, buffer: bytes) -> VADState:
         # pipecat hands every audio frame to a per-call thread. One Silero window (32 ms of
         # audio) takes a fraction of a millisecond, less than the hand-off itself, and on a
         # busy core the event loop then waits on that thread for the GIL (bench/README.md).
         return self._run_analyzer(buffer)
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        # pipecat's analyzer counts a window as speech only if the model's confidence and the
+        # smoothed volume both clear their thresholds, asking for the confidence first. The
+        # volume is measured here instead, so the model runs only on windows loud enough for
+        # its answer to matter: callers are quiet for most of a call (they listen), and Silero
+        # is the largest per-frame cost on the event loop (bench/README.md).
+        self._window_volume = super()._get_smoothed_volume(buffer)
+        if self._window_volume < self._params.min_volume:
+            if not self._model_fresh:
+                # Start the next loud stretch from a clean state, as Silero's own periodic
+                # reset does during quiet (its state drifts over long silence at 8 kHz).
+                self._model.reset_states()
+                self._windows_since_reset = 0
+                self._model_fresh = True
+            return 0.0
+        self._model_fresh = False
+        return super().voice_confidence(buffer)
+
+    def _get_smoothed_volume(self, audio: bytes) -> float:
+        # Measured for this same window by voice_confidence, which pipecat calls just before.
+        return self._window_volume
 
 
 def warm_up() -> None:
