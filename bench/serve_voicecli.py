@@ -64,6 +64,12 @@ def main() -> None:
     )
     parser.add_argument("--demo", action="store_true", help="serve the offline demo agent (agents/demo.toml) instead")
     parser.add_argument("--project", type=Path, default=None, help="project folder (default: a temporary one)")
+    parser.add_argument(
+        "--slow-callback-ms",
+        type=float,
+        default=None,
+        help="asyncio debug mode: log every step that holds the event loop longer than this",
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         pin(args.cpu)
@@ -75,7 +81,7 @@ def main() -> None:
     from voicecli.server import create_app
     from voicecli.server_state import ServerState
     from voicecli.settings import load_settings
-    from voicecli.shared_models import warm_up
+    from voicecli.session import warm_up
     from voicecli.state import DB_FILE, api_token, stream_secret
     from voicecli.store import SQLiteCallStore
 
@@ -99,7 +105,7 @@ def main() -> None:
         secret=stream_secret(settings.state_dir, None),
         api_token=api_token(settings.state_dir, None),
     )
-    warm_up()
+    warm_up(agents.values(), settings.env)
     if args.as_committed:
         _committed_media_path()
     if args.input_frame_ms is not None:
@@ -113,7 +119,7 @@ def main() -> None:
         probe.install()
         probe.install_turns()
         _probe_routes(app, probe)
-    asyncio.run(_serve(app, args.port))
+    asyncio.run(_serve(app, args.port, args.slow_callback_ms))
 
 
 def _committed_media_path() -> None:
@@ -148,11 +154,17 @@ def _probe_routes(app, probe) -> None:  # noqa: ANN001
     app.router.add_post("/bench/probe/reset", reset)
 
 
-async def _serve(app, port: int) -> None:  # noqa: ANN001
+async def _serve(app, port: int, slow_callback_ms: float | None) -> None:  # noqa: ANN001
     import asyncio
+    import logging
     import signal
 
     from aiohttp import web
+
+    if slow_callback_ms is not None:
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.get_running_loop().set_debug(True)
+        asyncio.get_running_loop().slow_callback_duration = slow_callback_ms / 1000
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

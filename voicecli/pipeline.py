@@ -122,3 +122,4 @@ def build_task(
             await on_transcript("agent", message.content)
 
     return task
+

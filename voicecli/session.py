@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
+from voicecli.errors import AgentError
 from voicecli.pipeline import build_task
+from voicecli.services import create_service
+from voicecli.shared_models import load_models
 from voicecli.transport import CallLine
 
 if TYPE_CHECKING:
@@ -24,6 +27,23 @@ if TYPE_CHECKING:
 
 # How long a polite ending (goodbye, then hang-up) may take before the call is cut.
 POLITE_END_LIMIT_S = 15.0
+
+
+def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
+    """Load now, at server start, what each served agent's first call would load.
+
+    Building each service once imports its pipecat and SDK modules and loads local engines;
+    done during the first call it held the event loop for about a second, and every other
+    call's audio with it. The services built here are discarded.
+    """
+    load_models()
+    for agent in agents:
+        for kind in ("stt", "llm", "tts"):
+            try:
+                create_service(kind, agent, env)
+            except Exception as exc:  # a service's own check of its options: the user's to fix
+                service = getattr(agent, kind).provider
+                raise AgentError(f"{agent.path}: the {kind} service {service!r} did not start: {exc}") from exc
 
 
 class CallSession:

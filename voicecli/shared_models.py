@@ -108,7 +108,7 @@ class SharedSileroVAD(SileroVADAnalyzer):
         return self._window_volume
 
 
-def warm_up() -> None:
+def load_models() -> None:
     """Load both models now, at server start, instead of during the first call."""
     _smart_turn_session()
     _silero_session()

@@ -67,7 +67,7 @@ def serve(
     from voicecli.console import stdout
     from voicecli.server import serve as run_server
     from voicecli.server_state import ServerState
-    from voicecli.shared_models import warm_up
+    from voicecli.session import warm_up
     from voicecli.state import DB_FILE, api_token, stream_secret
     from voicecli.store import SQLiteCallStore
     from voicecli.tunnel import Tunnel, announce_webhooks, open_tunnel
@@ -79,7 +79,7 @@ def serve(
         secret=stream_secret(settings.state_dir, settings.env.get("VOICECLI_SECRET")),
         api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
     )
-    warm_up()
+    warm_up(agents.values(), settings.env)
     opened: list[Tunnel] = []
 
     async def started(url: str) -> None:
