@@ -58,6 +58,15 @@ async def test_a_broken_agent_file_is_named_at_start_up(project) -> None:
     assert code == 1 and "broken.toml" in err and "Traceback" not in err
 
 
+async def test_a_service_that_refuses_its_options_stops_serve_before_any_call(project) -> None:
+    demo = project / "agents" / "demo.toml"
+    demo.write_text(demo.read_text().replace('voice = "en-us"', 'voice = "xx-nowhere"'))
+    assert "xx-nowhere" in demo.read_text()
+    code, out, err = await run_voicecli(project, "serve", "--agent", "demo", "--port", "0")
+    assert code == 1 and "Traceback" not in err
+    assert "demo.toml" in err and "tts" in err and "xx-nowhere" in err
+
+
 async def test_calls_without_a_server_says_how_to_start_one(project) -> None:
     code, out, err = await run_voicecli(project, "calls")
     assert code == 1 and "voicecli serve" in err and "Traceback" not in err
