@@ -80,8 +80,8 @@ def main() -> None:
     from voicecli.agents import load_agents, require_keys
     from voicecli.server import create_app
     from voicecli.server_state import ServerState
-    from voicecli.settings import load_settings
     from voicecli.session import warm_up
+    from voicecli.settings import load_settings
     from voicecli.state import DB_FILE, api_token, stream_secret
     from voicecli.store import SQLiteCallStore
 

@@ -36,6 +36,7 @@ from voicecli.transport import CallLine, WebsocketTransport
 AUDIO_IN_RATE = 8000
 AUDIO_OUT_RATE = 8000
 
+
 class AudioEnd(FrameProcessor):
     """Ends one kind of audio frame's trip through the pipeline, after its last reader.
 
@@ -122,4 +123,3 @@ def build_task(
             await on_transcript("agent", message.content)
 
     return task
-
