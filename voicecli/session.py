@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,11 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
             except Exception as exc:  # a service's own check of its options: the user's to fix
                 service = getattr(agent, kind).provider
                 raise AgentError(f"{agent.path}: the {kind} service {service!r} did not start: {exc}") from exc
+    # Everything loaded so far lives as long as the server. Frozen, the cyclic collector no
+    # longer walks it: a full collection during calls held the event loop for 170 ms and
+    # made every call's audio late (bench: p99 +68 ms while calls arrive, -40 ms frozen).
+    gc.collect()
+    gc.freeze()
 
 
 class CallSession:
