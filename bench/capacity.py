@@ -174,6 +174,7 @@ def run_one(server: str, n: int, fake: FakeOpenAI, args: argparse.Namespace, log
         "late_arrivals_p99_ms": result["lateness_arrivals"]["p99"],
         "late_departures_p99_ms": result["lateness_departures"]["p99"],
         "turn_steady_p50_ms": result["turn_steady"]["p50"],
+        "gc_max_ms": probe["gc_max_ms"],
         "sent_in_steady": result["sent_in_steady"],
         "dropped": dropped,
         "connected": result["connected"],
@@ -202,6 +203,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "arrivals",
         "departures",
         "turn p50 ms",
+        "longest GC ms",
         "dropped",
     ]
     body = [
@@ -219,6 +221,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             fmt(r["late_arrivals_p99_ms"], 0),
             fmt(r["late_departures_p99_ms"], 0),
             fmt(r["turn_steady_p50_ms"], 0),
+            fmt(r["gc_max_ms"], 0),
             r["dropped"],
         ]
         for r in rows

@@ -9,6 +9,9 @@ both servers go through:
 - `STTService.process_frame`: the first processor after the input transport, i.e. the
   pipeline receiving the audio.
 
+It also times every cyclic garbage collection (`gc.callbacks`): the longest one in the run,
+arrivals included, is time the event loop did nothing else.
+
 Per frame it keeps (send time, handoff time, receipt time) in flat arrays (8 bytes each), so
 "wire to pipeline" includes the time a message waited for a busy event loop, and "handoff to
 pipeline" is the transport's own queueing. Messages counted per send-time window give drops.
@@ -16,6 +19,7 @@ pipeline" is the transport's own queueing. Messages counted per send-time window
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
 from collections import deque
@@ -86,6 +90,21 @@ def install() -> None:
 
     TwilioFrameSerializer.deserialize = probed_deserialize
     STTService.process_frame = probed_process_frame
+    gc.callbacks.append(_time_collection)
+
+
+_gc_started = 0.0
+_gc_pause_ms = array("d")  # every cyclic garbage collection in the run, never reset
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    # A collection runs on whichever thread allocates, and holds the GIL throughout:
+    # on the event loop's thread it is time no call's audio moves.
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _gc_pause_ms.append((time.perf_counter() - _gc_started) * 1000)
 
 
 _turn_stops = array("d")
@@ -138,4 +157,10 @@ def snapshot(since: float, until: float) -> dict[str, Any]:
             wire.append(round((r - s) * 1000, 3))
             handoff.append(round((r - h) * 1000, 3))
     deserialized = sum(1 for s in _deserialized if since <= s < until)
-    return {"reached": len(wire), "deserialized": deserialized, "wire_ms": wire, "handoff_ms": handoff}
+    return {
+        "reached": len(wire),
+        "deserialized": deserialized,
+        "wire_ms": wire,
+        "handoff_ms": handoff,
+        "gc_max_ms": max(_gc_pause_ms, default=0.0),
+    }
