@@ -119,7 +119,11 @@ def main() -> None:
         probe.install()
         probe.install_turns()
         _probe_routes(app, probe)
-    asyncio.run(_serve(app, args.port, args.slow_callback_ms))
+    from voicecli.server import event_loop_factory
+
+    # The event loop `voicecli serve` runs on.
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(app, args.port, args.slow_callback_ms))
 
 
 def _committed_media_path() -> None:

@@ -57,6 +57,19 @@ def create_app(state: ServerState) -> web.Application:
     return app
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows), else asyncio's own loop.
+
+    Every call is dozens of tasks, queues and socket reads a second on one event loop;
+    uvloop runs the same server on about 6 % less CPU (bench/README.md).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 async def serve(
     state: ServerState,
     host: str,

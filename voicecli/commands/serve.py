@@ -65,6 +65,7 @@ def serve(
 
     from voicecli.banner import print_banner
     from voicecli.console import stdout
+    from voicecli.server import event_loop_factory
     from voicecli.server import serve as run_server
     from voicecli.server_state import ServerState
     from voicecli.session import warm_up
@@ -93,7 +94,8 @@ def serve(
                 stdout().print(line, soft_wrap=True)
 
     try:
-        asyncio.run(run_server(state, host, port, drain_timeout, started))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run_server(state, host, port, drain_timeout, started))
     finally:
         # After the server has stopped: calls draining after Ctrl-C still need the tunnel.
         for each in opened:
