@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -184,8 +185,12 @@ def run_one(server: str, n: int, fake: FakeOpenAI, args: argparse.Namespace, log
     }
 
 
-def capacity(rows: list[dict[str, Any]], server: str) -> int:
-    return max((r["n"] for r in rows if r["server"] == server and r["ok"]), default=0)
+def capacity(rows: list[dict[str, Any]], server: str, reply_ms: float = math.inf) -> int:
+    """Issue 6's capacity; with `reply_ms`, also replying within it (p50, caller's last word to reply)."""
+    return max(
+        (r["n"] for r in rows if r["server"] == server and r["ok"] and r["turn_steady_p50_ms"] <= reply_ms),
+        default=0,
+    )
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -229,6 +234,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     return table(headers, body)
 
 
+# A reply bound for a second capacity figure: the turn detector runs at low priority in voicecli,
+# so a saturated core shows first as slower replies, not late audio.
+REPLY_MS = 1000.0
+
+
 def compare(rows: list[dict[str, Any]]) -> str:
     """Capacity and CPU per call-minute for both servers, and the ratios."""
     out = []
@@ -255,6 +265,12 @@ def compare(rows: list[dict[str, Any]]) -> str:
                     cap["baseline"],
                     fmt(ratio, 2),
                 ],
+                [
+                    f"the same, replying within {REPLY_MS:.0f} ms (p50)",
+                    capacity(rows, "voicecli", REPLY_MS),
+                    capacity(rows, "baseline", REPLY_MS),
+                    "",
+                ],
                 ["CPU-s per call-minute at capacity", fmt(cv, 2), fmt(cb, 2), fmt(cv / cb if cb else float("nan"), 2)],
                 ["RSS per call at capacity, MB", fmt(mv, 1), fmt(mb, 1), fmt(mv / mb if mb else float("nan"), 2)],
             ],
@@ -265,7 +281,7 @@ def compare(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voicecli", default="6,8,10,12,14", help="comma-separated N values ('' to skip)")
+    parser.add_argument("--voicecli", default="8,12,14,16,18", help="comma-separated N values ('' to skip)")
     parser.add_argument("--baseline", default="4,6,8", help="comma-separated N values ('' to skip)")
     parser.add_argument("--ramp-s", type=float, default=10.0, help="arrivals spread over this (default 10 s)")
     parser.add_argument("--settle-s", type=float, default=3.0)

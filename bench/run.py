@@ -51,7 +51,7 @@ def main() -> None:
     if "capacity" in only:
         cap_args = [
             "--voicecli",
-            args.voicecli or ("6,10,14" if args.quick else "6,8,10,12,14"),
+            args.voicecli or ("8,14,18" if args.quick else "8,12,14,16,18"),
             "--baseline",
             args.baseline or ("4,6" if args.quick else "4,6,8"),
             "--steady-s",
