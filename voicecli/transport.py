@@ -121,6 +121,13 @@ class WebsocketInput(BaseInputTransport):
         await super().cancel(frame)
         await self._stop_receiving()
 
+    async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
+        # pipecat queues each frame for a task that only hands it on (this transport has no
+        # audio filter), and on Python 3.11 that task's wait_for makes a Task per frame.
+        # Pushed here, from the receive task, frames keep their order for one hop less.
+        if self._params.audio_in_enabled and self._params.audio_in_passthrough and not self._paused:
+            await self.push_frame(frame)
+
     async def _stop_receiving(self) -> None:
         if self._receive_task:
             await self.cancel_task(self._receive_task)
