@@ -1,4 +1,5 @@
-"""The VAD that every call shares: it decides as pipecat's own Silero VAD does, more cheaply."""
+"""The media path's savings keep its behaviour: the shared VAD decides as pipecat's own does,
+more cheaply, and audio frames end after their last reader."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADState
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame, TextFrame
+from pipecat.tests.utils import run_test
 
 from voicecli.audio import silence, ulaw_decode, ulaw_encode
+from voicecli.pipeline import AudioEnd
 from voicecli.shared_models import SharedSileroVAD
 from voicecli.simulator import speech
 
@@ -96,3 +100,16 @@ def test_shared_vad_skips_the_model_on_quiet_windows_only() -> None:
     windows = (len(loud) - FRAME) // window_bytes
     # Speech with its short pauses: the model runs on most windows, never more than once each.
     assert windows // 2 < counting.runs <= windows + 1
+
+
+async def test_audio_end_drops_only_its_kind_of_audio() -> None:
+    caller = InputAudioRawFrame(audio=silence(40, RATE), sample_rate=RATE, num_channels=1)
+    agent = OutputAudioRawFrame(audio=silence(40, RATE), sample_rate=RATE, num_channels=1)
+    said = TextFrame("hello")
+
+    down, _ = await run_test(
+        AudioEnd(InputAudioRawFrame),
+        frames_to_send=[caller, said, agent],
+        expected_down_frames=[TextFrame, OutputAudioRawFrame],
+    )
+    assert down[0].text == "hello" and down[1] is agent
