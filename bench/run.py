@@ -1,7 +1,7 @@
 """Every voicecli benchmark in one run: capacity against the baseline, CLI, webhook, turn latency.
 
     pip install -e '.[bench]'
-    python bench/run.py            # the full run (about 15 minutes on 2 cores)
+    python bench/run.py            # the full run (about 12 minutes on 2 cores)
     python bench/run.py --quick    # a few N values, shorter windows (about 5 minutes)
     python bench/run.py --only capacity --voicecli 8,12 --baseline 6
 
