@@ -197,6 +197,10 @@ class PocketSphinxSTTService(SegmentedSTTService):
     def __init__(self, *, phrases: list[str], language: str = "en-US", **kwargs: Any) -> None:
         if language.lower() not in ("en", "en-us"):
             raise ValueError(f"PocketSphinx has only an English (en-US) model, not {language!r}")
+        # How long the user aggregator may wait for a transcript after the caller stops. A
+        # decode takes 50-100 ms here; pipecat's own 1 s default, stated so that pipecat does
+        # not warn about it at the start of every call.
+        kwargs.setdefault("ttfs_p99_latency", 1.0)
         super().__init__(settings=STTSettings(model=None, language=Language.EN_US), **kwargs)
         self._phrases = list(phrases)
 
