@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from xml.etree import ElementTree
 
 import aiohttp
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, twilio_env
-from voicecli.audio import rms
+from voicecli.audio import rms, silence
 from voicecli.simulator import Press, Say, simulate_call, speech
 
 
@@ -83,3 +84,29 @@ async def test_agent_audio_arrives_as_twilio_media_messages(start_server, fake_t
     assert all(m.get("streamSid") == result.call.stream_id for m in result.received)
     assert all(m["event"] in ("media", "clear", "mark") for m in result.received)
     assert result.heard_seconds > 3
+
+
+async def test_a_silent_caller_is_told_goodbye_after_the_agents_idle_timeout(
+    start_server, fake_twilio, project
+) -> None:
+    demo = project / "agents" / "demo.toml"
+    demo.write_text(demo.read_text().replace("idle_timeout_s = 60", "idle_timeout_s = 2"))
+    server = await start_server(**twilio_env(fake_twilio))
+    started = time.monotonic()
+    result = await simulate_call(
+        server.state.settings,
+        server.url,
+        "demo",
+        "twilio",
+        [Say(silence(30_000, 8000))],  # the caller is there, and says nothing for 30 s
+        api_token=server.token,
+    )
+    assert result.ended_by == "agent"
+    assert time.monotonic() - started < 25  # greeting, 2 s of silence, goodbye: not the 30 s of silence
+    record = result.record
+    assert record is not None and record["status"] == "completed"
+    assert "idle timeout" in record["end_reason"]
+    said = [(t["role"], t["text"]) for t in record["transcript"]]
+    assert said[0][0] == "agent" and "voicecli demo line" in said[0][1]
+    assert said[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")
+    assert not any(role == "caller" for role, _ in said)
