@@ -110,3 +110,24 @@ async def test_a_silent_caller_is_told_goodbye_after_the_agents_idle_timeout(
     assert said[0][0] == "agent" and "voicecli demo line" in said[0][1]
     assert said[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")
     assert not any(role == "caller" for role, _ in said)
+
+
+async def test_a_call_is_ended_politely_at_the_agents_maximum_duration(start_server, fake_twilio, project) -> None:
+    demo = project / "agents" / "demo.toml"
+    demo.write_text(demo.read_text().replace("max_duration_s = 600", "max_duration_s = 9"))
+    server = await start_server(**twilio_env(fake_twilio))
+    started = time.monotonic()
+    result = await simulate_call(
+        server.state.settings,
+        server.url,
+        "demo",
+        "twilio",
+        [Say(silence(30_000, 8000))],
+        api_token=server.token,
+    )
+    assert result.ended_by == "agent"
+    assert 9 < time.monotonic() - started < 25
+    record = result.record
+    assert record is not None and record["status"] == "completed"
+    assert "maximum call duration" in record["end_reason"]
+    assert [t["text"] for t in record["transcript"]][-1] == "Sorry, I have to end the call now. Goodbye!"
