@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BENCH_DIR, PYTHON, ROOT, fmt, stop, table  # noqa: E402
-
-VOICECLI = str(Path(PYTHON).with_name("voicecli"))
+from bench.common import BENCH_DIR, PYTHON, VOICECLI, fmt, serve_demo_command, stop, table  # noqa: E402
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:
@@ -43,18 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     project = Path(tempfile.mkdtemp(prefix="voicecli-bench-cli-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "EXOTEL_", "VOBIZ_", "VOICECLI_"))}
     server = subprocess.Popen(
-        [
-            VOICECLI,
-            "serve",
-            "--agent",
-            "demo",
-            "--agents-dir",
-            str(ROOT / "agents"),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
+        serve_demo_command(0),
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -15,11 +15,18 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 PYTHON = sys.executable
+VOICECLI = str(Path(PYTHON).with_name("voicecli"))  # the one installed beside this Python
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The server gets core 0; callers and the fake OpenAI server share the other one, as in
 # ../shared/baseline.md. On a one-core machine everything shares core 0.
 SERVER_CPU = 0
 CLIENT_CPU = 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+def serve_demo_command(port: int) -> list[str]:
+    """`voicecli serve` for the shipped demo agent on `port` (0: any free port), logging warnings only."""
+    agents = str(ROOT / "agents")
+    return [VOICECLI, "serve", "--agent", "demo", "--agents-dir", agents, "--port", str(port), "--log-level", "warning"]
 
 
 def server_env() -> dict[str, str]:

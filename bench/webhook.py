@@ -23,7 +23,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import CLIENT_CPU, PYTHON, ROOT, SERVER_CPU, fmt, free_port, pct, pin, stop, table, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402
+    CLIENT_CPU,
+    PYTHON,
+    SERVER_CPU,
+    fmt,
+    free_port,
+    pct,
+    pin,
+    serve_demo_command,
+    stop,
+    table,
+    wait_http,
+)
 
 
 async def load(url: str, clients: int, warmup: float, seconds: float) -> dict[str, Any]:
@@ -87,18 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "VOICECLI_"))}
     port = free_port()
     server = subprocess.Popen(
-        [
-            str(Path(PYTHON).with_name("voicecli")),
-            "serve",
-            "--agent",
-            "demo",
-            "--agents-dir",
-            str(ROOT / "agents"),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
+        serve_demo_command(port),
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,
