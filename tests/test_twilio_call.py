@@ -10,7 +10,7 @@ from twilio.request_validator import RequestValidator
 
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, twilio_env
 from voicecli.audio import rms, silence
-from voicecli.simulator import Press, Say, simulate_call, speech
+from voicecli.simulator import Press, Say, SimResult, simulate_call, speech
 
 
 async def test_inbound_webhook_answers_the_specs_twiml(start_server, fake_twilio) -> None:
@@ -86,35 +86,15 @@ async def test_agent_audio_arrives_as_twilio_media_messages(start_server, fake_t
     assert result.heard_seconds > 3
 
 
-async def test_a_silent_caller_is_told_goodbye_after_the_agents_idle_timeout(
-    start_server, fake_twilio, project
-) -> None:
-    demo = project / "agents" / "demo.toml"
-    demo.write_text(demo.read_text().replace("idle_timeout_s = 60", "idle_timeout_s = 2"))
-    server = await start_server(**twilio_env(fake_twilio))
-    started = time.monotonic()
-    result = await simulate_call(
-        server.state.settings,
-        server.url,
-        "demo",
-        "twilio",
-        [Say(silence(30_000, 8000))],  # the caller is there, and says nothing for 30 s
-        api_token=server.token,
-    )
-    assert result.ended_by == "agent"
-    assert time.monotonic() - started < 25  # greeting, 2 s of silence, goodbye: not the 30 s of silence
-    record = result.record
-    assert record is not None and record["status"] == "completed"
-    assert "idle timeout" in record["end_reason"]
-    said = [(t["role"], t["text"]) for t in record["transcript"]]
-    assert said[0][0] == "agent" and "voicecli demo line" in said[0][1]
-    assert said[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")
-    assert not any(role == "caller" for role, _ in said)
+async def silent_call(start_server, fake_twilio, project, edit: tuple[str, str]) -> tuple[SimResult, float]:
+    """The demo agent, with one line of its TOML changed, and a caller who says nothing for 30 s.
 
-
-async def test_a_call_is_ended_politely_at_the_agents_maximum_duration(start_server, fake_twilio, project) -> None:
+    Returns the call and how long it lasted (seconds).
+    """
     demo = project / "agents" / "demo.toml"
-    demo.write_text(demo.read_text().replace("max_duration_s = 600", "max_duration_s = 9"))
+    old, new = edit
+    assert old in demo.read_text()
+    demo.write_text(demo.read_text().replace(old, new))
     server = await start_server(**twilio_env(fake_twilio))
     started = time.monotonic()
     result = await simulate_call(
@@ -125,8 +105,32 @@ async def test_a_call_is_ended_politely_at_the_agents_maximum_duration(start_ser
         [Say(silence(30_000, 8000))],
         api_token=server.token,
     )
+    return result, time.monotonic() - started
+
+
+async def test_a_silent_caller_is_told_goodbye_after_the_agents_idle_timeout(
+    start_server, fake_twilio, project
+) -> None:
+    result, lasted = await silent_call(
+        start_server, fake_twilio, project, ("idle_timeout_s = 60", "idle_timeout_s = 2")
+    )
     assert result.ended_by == "agent"
-    assert 9 < time.monotonic() - started < 25
+    assert lasted < 25  # greeting, 2 s of silence, goodbye: not the 30 s of silence
+    record = result.record
+    assert record is not None and record["status"] == "completed"
+    assert "idle timeout" in record["end_reason"]
+    said = [(t["role"], t["text"]) for t in record["transcript"]]
+    assert said[0][0] == "agent" and "voicecli demo line" in said[0][1]
+    assert said[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")
+    assert not any(role == "caller" for role, _ in said)
+
+
+async def test_a_call_is_ended_politely_at_the_agents_maximum_duration(start_server, fake_twilio, project) -> None:
+    result, lasted = await silent_call(
+        start_server, fake_twilio, project, ("max_duration_s = 600", "max_duration_s = 9")
+    )
+    assert result.ended_by == "agent"
+    assert 9 < lasted < 25
     record = result.record
     assert record is not None and record["status"] == "completed"
     assert "maximum call duration" in record["end_reason"]
