@@ -234,6 +234,13 @@ def render(rows: list[dict[str, Any]]) -> str:
     return table(headers, body)
 
 
+def at_capacity(rows: list[dict[str, Any]], server: str, key: str) -> float:
+    """One figure of `server`'s row at its capacity (NaN when no N passed)."""
+    n = capacity(rows, server)
+    hit = [r for r in rows if r["server"] == server and r["n"] == n]
+    return hit[0][key] if hit else float("nan")
+
+
 # A reply bound for a second capacity figure: the turn detector runs at low priority in voicecli,
 # so a saturated core shows first as slower replies, not late audio.
 REPLY_MS = 1000.0
@@ -243,18 +250,9 @@ def compare(rows: list[dict[str, Any]]) -> str:
     """Capacity and CPU per call-minute for both servers, and the ratios."""
     out = []
     cap = {s: capacity(rows, s) for s in SERVERS}
-
-    def cpu_at_cap(server: str) -> float:
-        at = [r for r in rows if r["server"] == server and r["n"] == cap[server]]
-        return at[0]["cpu_s_per_call_min"] if at else float("nan")
-
-    def rss_at_cap(server: str) -> float:
-        at = [r for r in rows if r["server"] == server and r["n"] == cap[server]]
-        return at[0]["rss_per_call_mb"] if at else float("nan")
-
     ratio = cap["voicecli"] / cap["baseline"] if cap["baseline"] else float("nan")
-    cv, cb = cpu_at_cap("voicecli"), cpu_at_cap("baseline")
-    mv, mb = rss_at_cap("voicecli"), rss_at_cap("baseline")
+    cv, cb = (at_capacity(rows, s, "cpu_s_per_call_min") for s in ("voicecli", "baseline"))
+    mv, mb = (at_capacity(rows, s, "rss_per_call_mb") for s in ("voicecli", "baseline"))
     out.append(
         table(
             ["", "voicecli", "baseline", "ratio (voicecli/baseline)"],

@@ -85,8 +85,7 @@ def summary(report: dict[str, Any]) -> str:
         cap = report["capacity"]["capacity"]
 
         def at(server: str, key: str) -> float:
-            hit = [r for r in rows_ if r["server"] == server and r["n"] == cap[server]]
-            return hit[0][key] if hit else float("nan")
+            return capacity.at_capacity(rows_, server, key)
 
         ratio = cap["voicecli"] / cap["baseline"] if cap["baseline"] else float("nan")
         cpu_v, cpu_b = at("voicecli", "cpu_s_per_call_min"), at("baseline", "cpu_s_per_call_min")
