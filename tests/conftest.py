@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from voicecli.agents import load_agents
+from voicecli.lifecycle import Timeouts
 from voicecli.server import create_app
 from voicecli.server_state import ServerState
 from voicecli.settings import Settings, load_settings
@@ -140,10 +141,13 @@ StartServer = Callable[..., Any]
 
 @pytest.fixture
 async def start_server(project: Path) -> AsyncIterator[StartServer]:
-    """Start the real server: `await start_server(agents=["demo"], TWILIO_AUTH_TOKEN=...)`."""
+    """Start the real server: `await start_server(agents=["demo"], TWILIO_AUTH_TOKEN=...)`.
+
+    `timeouts` shortens the call lifecycle's waits (a 2-minute stream wait, say) for a test.
+    """
     servers: list[TestServer] = []
 
-    async def start(agents: list[str] | None = None, **env: str) -> RunningServer:
+    async def start(agents: list[str] | None = None, timeouts: Timeouts | None = None, **env: str) -> RunningServer:
         settings = make_settings(project, **env)
         state = ServerState(
             settings=settings,
@@ -151,6 +155,7 @@ async def start_server(project: Path) -> AsyncIterator[StartServer]:
             store=SQLiteCallStore(settings.state_dir / DB_FILE),
             secret=stream_secret(settings.state_dir, settings.env.get("VOICECLI_SECRET")),
             api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
+            timeouts=timeouts or Timeouts(),
         )
         server = TestServer(create_app(state), host="127.0.0.1")
         await server.start_server()

@@ -69,14 +69,17 @@ async def test_a_stream_without_a_valid_token_is_refused(start_server, fake_twil
 
 
 async def test_a_token_from_another_server_secret_is_refused(start_server, fake_twilio) -> None:
-    from voicecli.tokens import make_token
+    import time
+
+    from voicecli.tokens import TokenScope, make_token
 
     server = await start_server(**twilio_env(fake_twilio))
     wire = WireCall(server.state.settings, server.url)
     async with aiohttp.ClientSession() as http:
         await wire.ring(http)
         call_id = wire.parameters["stream_token"].split(".")[0]
-        params = {**wire.parameters, "stream_token": make_token(b"another-secret", call_id)}
+        forged = make_token(b"another-secret", TokenScope(call_id, "twilio", "demo"), time.time())
+        params = {**wire.parameters, "stream_token": forged}
         ws = await wire.connect(http)
         await wire.start(ws, params)
         assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE

@@ -38,6 +38,7 @@ API_KEYS = [
     "ended_at",
     "duration_s",
     "end_reason",
+    "instance",
 ]
 
 
@@ -71,7 +72,7 @@ def test_sqlite_store_has_exactly_the_protocol_signatures() -> None:
     assert {"open", "close", "create", "update", "finish", "list", "mark_interrupted"} <= set(names)
     for name in names:
         assert inspect.signature(getattr(SQLiteCallStore, name)) == inspect.signature(getattr(CallStore, name)), name
-    assert TERMINAL_STATUSES == {"completed", "busy", "no-answer", "failed", "canceled", "interrupted"}
+    assert TERMINAL_STATUSES == {"completed", "busy", "no-answer", "failed", "canceled", "interrupted", "no-stream"}
 
 
 async def test_create_then_get_survives_a_reopen(store: SQLiteCallStore, db_path: Path) -> None:

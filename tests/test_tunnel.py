@@ -154,7 +154,8 @@ async def wait_for_output(project: Path, proc: subprocess.Popen[bytes], text: st
 
 
 def local_url(project: Path) -> str:
-    return json.loads((project / ".voicecli" / "server.json").read_text())["url"]
+    [server] = json.loads((project / ".voicecli" / "server.json").read_text())["servers"]
+    return server["url"]
 
 
 async def test_serve_tunnel_prints_and_serves_the_tunnels_urls(project: Path) -> None:

@@ -90,7 +90,7 @@ async def status(request: web.Request) -> web.Response:
             "agents": sorted(state.agents),
             "default_provider": state.settings.provider,
             "providers": providers,
-            "draining": state.draining,
+            "draining": state.calls.draining,
         }
     )
 

@@ -1,16 +1,21 @@
-"""Per-provider concurrency slots.
+"""Per-provider concurrency slots, and the cap on streams that have not yet proved themselves.
 
-A slot is taken when a media WebSocket upgrade arrives, or when an outbound dial starts
-(a reservation, named by the call's id, that the call's own stream later takes over, so a
-call is never counted twice). Every slot is given back exactly once however the call ends.
-Check-and-take has no await in between, so a burst of simultaneous upgrades on one event
-loop can never exceed the limit.
+A slot is taken by an outbound dial (a reservation, named by the call's id, that the
+call's own stream later claims, so a call is never counted twice) or by an inbound stream
+once it has proved it is a call. Check-and-take has no await in between, so a burst of
+simultaneous streams on one event loop can never exceed the limit. Every slot is given
+back exactly once however the call ends (`Slot.release` is idempotent).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Upgrades from one client address that may wait for their `start` at once. They hold no
+# slot; the cap only keeps one client from holding thousands of idle sockets.
+UNPROVEN_PER_CLIENT = 10
 
 
 @dataclass
@@ -31,31 +36,12 @@ class Slot:
 
 
 @dataclass
-class Pass:
-    """Admission of a stream that can only be a dialled call's (the provider is otherwise full).
-
-    It holds no slot: the stream must claim its call's reservation once its `start` names
-    the call, or be closed.
-    """
-
-    limiter: SlotLimiter
-    provider: str
-    released: bool = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.limiter.passes[self.provider] -= 1
-
-
-@dataclass
 class SlotLimiter:
     """Counts held slots per provider against a limit read at each request (it can change live)."""
 
     limit_of: Callable[[str], int]
     active: dict[str, int] = field(default_factory=dict)
     reservations: dict[str, Slot] = field(default_factory=dict)
-    passes: dict[str, int] = field(default_factory=dict)
 
     def try_acquire(self, provider: str, call_id: str | None = None) -> Slot | None:
         """A slot if the provider is under its limit; with call_id, a reservation for a dial."""
@@ -68,16 +54,9 @@ class SlotLimiter:
             self.reservations[call_id] = slot
         return slot
 
-    def admit(self, provider: str) -> Slot | Pass | None:
-        """At a stream upgrade: a slot, or a pass when a dialled call may be the one arriving."""
-        slot = self.try_acquire(provider)
-        if slot is not None:
-            return slot
-        waiting = sum(1 for s in self.reservations.values() if s.provider == provider)
-        if waiting > self.passes.get(provider, 0):
-            self.passes[provider] = self.passes.get(provider, 0) + 1
-            return Pass(self, provider)
-        return None
+    def may_upgrade(self, provider: str) -> bool:
+        """Whether a stream upgrade may wait for its proof: room under the limit, or a dial waiting."""
+        return self.in_use(provider) < self.limit_of(provider) or self.reserved(provider) > 0
 
     def claim(self, call_id: str) -> Slot | None:
         """The reservation a dial made for `call_id`, handed over to its stream."""
@@ -91,3 +70,22 @@ class SlotLimiter:
 
     def reserved(self, provider: str) -> int:
         return sum(1 for s in self.reservations.values() if s.provider == provider)
+
+
+@dataclass
+class UnprovenCap:
+    """Counts, per client address, the stream upgrades still waiting to prove they are calls."""
+
+    per_client: int = UNPROVEN_PER_CLIENT
+    waiting: Counter[str] = field(default_factory=Counter)
+
+    def enter(self, client: str) -> bool:
+        if self.waiting[client] >= self.per_client:
+            return False
+        self.waiting[client] += 1
+        return True
+
+    def leave(self, client: str) -> None:
+        self.waiting[client] -= 1
+        if self.waiting[client] <= 0:
+            del self.waiting[client]

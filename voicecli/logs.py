@@ -18,4 +18,5 @@ def configure(level: str = "INFO") -> None:
     """Send logs to stderr at `level` (pipecat logs at DEBUG by default: far too chatty)."""
     logger.remove()
     logger.configure(patcher=_add_call)
-    logger.add(sys.stderr, level=level.upper(), format=FORMAT, colorize=None)
+    # diagnose=False: a traceback must never print the values of locals (tokens, auth keys).
+    logger.add(sys.stderr, level=level.upper(), format=FORMAT, colorize=None, diagnose=False)

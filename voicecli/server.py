@@ -14,35 +14,27 @@ from loguru import logger
 
 from voicecli import api, outbound, settings_api, telephony
 from voicecli.server_state import STATE, ServerState
-from voicecli.state import ServerInfo, forget_server, record_server
+from voicecli.state import ServerInfo, forget_server, read_servers, record_server
 
 
 async def healthz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return web.json_response({"ok": True, "draining": state.draining, "active_calls": len(state.sessions)})
+    calls = request.app[STATE].calls
+    return web.json_response({"ok": True, "draining": calls.draining, "active_calls": len(calls.live)})
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await state.store.open()
-    interrupted = await state.store.mark_interrupted()
-    if interrupted:
-        logger.warning(f"{interrupted} call(s) left open by a server that was killed: marked interrupted")
     state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     yield
-    state.cancel_timers()
+    state.calls.cancel_timers()
     await state.http.close()
     await state.store.close()
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
-    # Twilio may be configured to use GET for its voice webhook; POST is the default.
-    app.router.add_post("/telephony/{provider}/inbound/{agent_name}", telephony.inbound_webhook)
-    app.router.add_get("/telephony/{provider}/inbound/{agent_name}", telephony.inbound_webhook)
-    app.router.add_get("/ws/{provider}/{agent_name}", telephony.media_stream)
-    app.router.add_post("/telephony/{provider}/status", telephony.status_callback)
-    app.router.add_post("/telephony/{provider}/status/{call_id}", telephony.status_callback)
+    telephony.setup_routes(app)
     api.setup_routes(app)
     outbound.setup_routes(app)
     settings_api.setup_routes(app)
@@ -82,7 +74,9 @@ async def serve(
     `on_started(url)` runs once the port is bound (a tunnel needs it); it may be async.
     """
     app = create_app(state)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # Drain has ended every call before cleanup: what is left (a client mid-request) gets
+    # the cut's few seconds, not aiohttp's default minute.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=state.timeouts.cut_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -94,7 +88,11 @@ async def serve(
         raise VoicecliError(f"cannot listen on {host}:{port}: {exc.strerror}. Try --port.") from None
     bound_port = runner.addresses[0][1] if runner.addresses else port
     url = f"http://{host}:{bound_port}"
-    record_server(state.settings.state_dir, ServerInfo(url, os.getpid(), sorted(state.agents)))
+    state_dir = state.settings.state_dir
+    # Only a server that got its port joins the list, and only then repairs the records of
+    # servers that are gone: a second `serve` that fails to bind disturbs nothing.
+    record_server(state_dir, ServerInfo(url, os.getpid(), sorted(state.agents), state.instance))
+    await state.calls.recover([info.instance for info in read_servers(state_dir)])
 
     stop, force = asyncio.Event(), asyncio.Event()
 
@@ -113,10 +111,10 @@ async def serve(
         if on_started and inspect.isawaitable(started := on_started(url)):
             await started
         await stop.wait()
-        await state.drain(drain_timeout, force)
+        await state.calls.drain(drain_timeout, force)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        forget_server(state.settings.state_dir, os.getpid())
+        forget_server(state_dir, os.getpid())
         await runner.cleanup()
         logger.info("server stopped")

@@ -1,4 +1,4 @@
-"""One live call: its pipeline, how it ends, and its record closed exactly once."""
+"""One live call's conversation: its pipeline, and how it ended."""
 
 from __future__ import annotations
 
@@ -18,13 +18,11 @@ from voicecli.shared_models import load_models
 from voicecli.transport import CallLine
 
 if TYPE_CHECKING:
-    import aiohttp
     from aiohttp import web
 
     from voicecli.agents import Agent
-    from voicecli.limits import Slot
     from voicecli.providers.base import Provider, StreamStart
-    from voicecli.store import CallStore
+    from voicecli.store import CallStatus, CallStore
 
 # How long a polite ending (goodbye, then hang-up) may take before the call is cut.
 POLITE_END_LIMIT_S = 15.0
@@ -53,7 +51,11 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
 
 
 class CallSession:
-    """Runs one call's pipeline over its media WebSocket and closes its record."""
+    """Runs one call's pipeline over its media WebSocket; says how the call ended.
+
+    It never ends the call itself: the call's owner (lifecycle.py) hangs up, releases the
+    slot and closes the record from what `outcome()` reports.
+    """
 
     def __init__(
         self,
@@ -65,9 +67,7 @@ class CallSession:
         ws: web.WebSocketResponse,
         messages: AsyncIterator[tuple[str, dict[str, Any]]],
         store: CallStore,
-        http: aiohttp.ClientSession,
         env: dict[str, str],
-        slot: Slot,
     ):
         self.call_id = call_id
         self.agent = agent
@@ -75,12 +75,13 @@ class CallSession:
         self.start = start
         self.ws = ws
         self.store = store
-        self.http = http
-        self.slot = slot
         self.log = logger.bind(call_id=call_id)
         self.end_reason: str | None = None
+        self.error: str | None = None
         self.caller_gone = False
         self.forced = False
+        # What the provider said became of the call, when its callback ended it.
+        self.provider_status: CallStatus | None = None
         self.line = CallLine(ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log)
         self.task = build_task(agent, self.line, env, self._transcript)
         self._timers: list[asyncio.TimerHandle] = []
@@ -90,9 +91,8 @@ class CallSession:
         async def _idle(task: Any) -> None:
             await self.end("caller silent too long (idle timeout)")
 
-    async def run(self) -> None:
-        """Run the call to its end; the record is closed whatever happens."""
-        status, error = "completed", None
+    async def run(self, end_after_greeting: str | None = None) -> None:
+        """Run the pipeline to its end; a pipeline failure is kept in `error`, never raised."""
         loop = asyncio.get_running_loop()
         self._timers.append(
             loop.call_later(self.agent.max_duration_s, self._spawn, self.end, "maximum call duration reached")
@@ -102,36 +102,28 @@ class CallSession:
             await runner.add_workers(self.task)
             if self.agent.greeting:
                 await self.task.queue_frame(TTSSpeakFrame(self.agent.greeting))
+            if end_after_greeting:
+                await self.end(end_after_greeting)
             await runner.run()
         except asyncio.CancelledError:
             self.forced = True
             raise
         except Exception as exc:  # a pipeline failure ends this call, never the server
-            status, error = "failed", f"pipeline error: {type(exc).__name__}: {exc}"
+            self.error = f"pipeline error: {type(exc).__name__}: {exc}"
             self.log.exception("pipeline failed")
         finally:
             for timer in self._timers:
                 timer.cancel()
-            await asyncio.shield(self._close(status, error))
+            for task in self._pending:
+                task.cancel()
 
-    async def _close(self, status: str, error: str | None) -> None:
-        try:
-            reason = error or self.end_reason or "agent ended the call"
-            if self.forced:
-                status, reason = "interrupted", self.end_reason or "server stopped during the call"
-            elif not self.caller_gone and not error:
-                # The server ended the call while the caller is on the line: let the last
-                # words play, then hang up the way the provider needs.
-                await self.line.wait_playout()
-                await self.provider.end_stream(self.ws, self.start)
-                done = await self.provider.hang_up(self.http, self.start.provider_call_id)
-                self.log.info(done)
-                reason = f"{reason}; {done}"
-            await self.line.close()
-        finally:
-            self.slot.release()
-            await self.store.finish(self.call_id, status, reason)  # type: ignore[arg-type]
-            self.log.info(f"call ended: {status} ({reason}); {self.line.bad_messages} bad messages skipped")
+    def outcome(self) -> tuple[CallStatus, str]:
+        """The record's final status and reason, from how the call ended."""
+        if self.forced:
+            return "interrupted", self.end_reason or "server stopped during the call"
+        if self.error:
+            return "failed", self.error
+        return self.provider_status or "completed", self.end_reason or "agent ended the call"
 
     def _spawn(self, method: Any, reason: str) -> None:
         task = asyncio.ensure_future(method(reason))
@@ -148,8 +140,13 @@ class CallSession:
             self.end_reason = reason
         await self.task.cancel(reason=reason)
 
+    async def provider_ended(self, status: CallStatus, reason: str) -> None:
+        """The provider's callback says the call is over (the caller hung up, or it failed)."""
+        self.provider_status = status
+        await self._caller_gone(reason)
+
     async def end(self, reason: str) -> None:
-        """End the call politely: say goodbye, let it play, then hang up."""
+        """End the call politely: say goodbye, let it play; the owner then hangs up."""
         if self.end_reason is not None or self.caller_gone:
             return
         self.end_reason = reason

@@ -68,6 +68,19 @@ def _as_phone(value: Any) -> str:
     return text
 
 
+def _as_networks(value: Any) -> str:
+    """Comma-separated addresses or CIDR ranges, normalised (`127.0.0.1, 10.0.0.0/8`)."""
+    import ipaddress
+
+    parts = [p.strip() for p in _as_str(value).split(",") if p.strip()]
+    try:
+        return ",".join(str(ipaddress.ip_network(p, strict=False)) for p in parts)
+    except ValueError:
+        raise ValueError(
+            "must be IP addresses or CIDR ranges separated by commas, such as 127.0.0.1,10.0.0.0/8"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Setting:
     """One declared setting: its name in the file and API, its variable, its rules."""
@@ -106,6 +119,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vobiz_phone_number", None, _as_phone, "default Vobiz caller ID"),
     Setting("vobiz_api_base", "https://api.vobiz.ai/api/v1", _HTTP, "Vobiz REST base URL"),
     Setting("vobiz_max_concurrent", 10, _as_limit, "concurrent Vobiz calls"),
+    Setting(
+        "trusted_proxies",
+        None,
+        _as_networks,
+        "proxies whose X-Forwarded-For names the client (--tunnel adds loopback)",
+    ),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 

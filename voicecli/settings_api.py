@@ -25,13 +25,16 @@ async def put_settings(request: web.Request) -> web.Response:
         return web.json_response({"error": "the body must be JSON"}, status=400)
     if not isinstance(changes, dict) or not changes:
         return web.json_response({"error": "send a JSON object of settings to change"}, status=422)
-    try:
-        updated = state.settings.with_file_changes(changes)
-        # Written first (atomically), so a setting in force is always one that survives a restart.
-        await asyncio.to_thread(update_config_file, state.settings.config_path, changes)
-    except SettingsError as exc:
-        return web.json_response({"error": str(exc)}, status=422)
-    state.apply_settings(updated)
+    # One change at a time: each merges onto the settings the previous one produced, and the
+    # file is read and written whole inside the lock, so concurrent PUTs all survive.
+    async with state.settings_lock:
+        try:
+            updated = state.settings.with_file_changes(changes)
+            # Written first (atomically), so a setting in force is always one that survives a restart.
+            await asyncio.to_thread(update_config_file, state.settings.config_path, changes)
+        except SettingsError as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        state.apply_settings(updated)
     logger.info(f"settings changed through the API: {', '.join(sorted(changes))}")
     return web.json_response(updated.masked())
 

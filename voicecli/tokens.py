@@ -1,8 +1,13 @@
-"""Stateless stream tokens: an HMAC over the call id and an expiry.
+"""Stream tokens: an HMAC over the call id, its provider, its agent and an expiry.
 
-The webhook hands a token to the provider, the provider hands it back when it opens the
-media stream, and any instance sharing the secret (VOICECLI_SECRET) can check it without
-a lookup. A token only proves "this server answered a webhook for this call recently".
+The webhook (or the dial) hands a token to the provider, the provider hands it back when
+it opens the media stream. The signature binds the token to one call of one provider and
+one agent, so an Exotel token cannot open a Twilio stream or another agent's. A token is
+single-use: the stream that presents it claims its call's record (ringing -> in-progress)
+in the store, and a second stream finds the call already taken or ended.
+
+The expiry is computed from the record's start, not drawn at random: the same call always
+gets the same token, so answering a callback for a call mints nothing new.
 """
 
 from __future__ import annotations
@@ -10,34 +15,42 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
+from dataclasses import dataclass
 
-# Long enough for a phone to ring out and the provider to connect; short enough that a
-# leaked TwiML document stops being useful the same day.
-TOKEN_TTL_S = 6 * 3600
+# Long enough for a dialled phone to ring out (providers give up after about 60 s) and the
+# provider to connect; short enough that a leaked stream document is soon worthless.
+TOKEN_TTL_S = 120
 
 
-def _sign(secret: bytes, call_id: str, expiry: int) -> str:
-    digest = hmac.new(secret, f"{call_id}.{expiry}".encode(), hashlib.sha256).digest()
+@dataclass(frozen=True)
+class TokenScope:
+    """What a token opens: one call's stream, for one provider and agent."""
+
+    call_id: str
+    provider: str
+    agent: str
+
+
+def _sign(secret: bytes, scope: TokenScope, expiry: int) -> str:
+    message = f"{scope.call_id}.{scope.provider}.{scope.agent}.{expiry}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
-def make_token(secret: bytes, call_id: str, *, now: float | None = None, ttl: int = TOKEN_TTL_S) -> str:
-    """A token that lets one stream attach to `call_id` until it expires."""
-    expiry = int((time.time() if now is None else now) + ttl)
-    return f"{call_id}.{expiry}.{_sign(secret, call_id, expiry)}"
+def make_token(secret: bytes, scope: TokenScope, issued_at: float, ttl: int = TOKEN_TTL_S) -> str:
+    """The token that lets one stream attach to `scope.call_id` until `issued_at + ttl`."""
+    expiry = int(issued_at) + ttl
+    return f"{scope.call_id}.{expiry}.{_sign(secret, scope, expiry)}"
 
 
-def verify_token(secret: bytes, token: object, *, now: float | None = None) -> str | None:
-    """The call id a valid, unexpired token names; None for anything else."""
+def verify_token(secret: bytes, token: object, provider: str, agent: str, now: float) -> str | None:
+    """The call id of a valid, unexpired token for this provider and agent; None otherwise."""
     if not isinstance(token, str) or token.count(".") != 2 or len(token) > 200:
         return None
     call_id, expiry_text, signature = token.split(".")
-    if not expiry_text.isdigit():
+    if not expiry_text.isdigit() or int(expiry_text) < now:
         return None
-    expiry = int(expiry_text)
-    if expiry < (time.time() if now is None else now):
-        return None
-    if not hmac.compare_digest(signature, _sign(secret, call_id, expiry)):
+    expected = _sign(secret, TokenScope(call_id, provider, agent), int(expiry_text))
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
         return None
     return call_id

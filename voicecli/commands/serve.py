@@ -86,8 +86,11 @@ def serve(
     async def started(url: str) -> None:
         if tunnel:
             opened.append(await asyncio.to_thread(open_tunnel, state.settings, host, urlsplit(url).port or port))
-            # For this run only: like a flag, never written to voicecli.toml.
-            state.apply_settings(state.settings.with_file_changes({"public_base_url": opened[0].public_url}))
+            # For this run only: like a flag, never written to voicecli.toml. The ngrok agent
+            # reaches us from loopback and names the real client in X-Forwarded-For.
+            trusted = ",".join(filter(None, (state.settings.trusted_proxies, "127.0.0.1/32", "::1/128")))
+            changes = {"public_base_url": opened[0].public_url, "trusted_proxies": trusted}
+            state.apply_settings(state.settings.with_file_changes(changes))
         print_banner(state, url, tunnel=opened[0].public_url if opened else None)
         if update_webhook:
             for line in await announce_webhooks(state.settings, next(iter(agents))):

@@ -43,6 +43,9 @@ class InboundCall:
     provider_call_id: str | None
     from_number: str | None
     to_number: str | None
+    # The signature's one-time values, where the provider's signature has them (Vobiz): a
+    # request that repeats one is a replay and is refused.
+    nonces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class StatusUpdate:
     reason: str
     # The provider expects the stream document in the answer (Exotel's answered callback).
     answer_with_stream: bool = False
+    nonces: tuple[str, ...] = ()  # as InboundCall.nonces
 
 
 @dataclass(frozen=True)
@@ -220,8 +224,17 @@ class Provider(ABC):
         """The document that connects the call to `stream_url` (a ws:// or wss:// URL)."""
 
     # --- media stream ----------------------------------------------------------------
-    def check_upgrade(self, request: web.Request, public_url: str) -> None:  # noqa: B027
-        """Refuse a WebSocket upgrade before it is accepted (raise WebhookRejected)."""
+    def check_upgrade(self, request: web.Request, public_url: str) -> bool:
+        """Refuse a bad WebSocket upgrade (raise WebhookRejected) before it is accepted.
+
+        True when the upgrade itself proves the provider sent it (a valid signature): the
+        stream may then take its slot at once.
+        """
+        return False
+
+    def upgrade_token(self, request: web.Request) -> str | None:
+        """The stream token, where the provider keeps it in the stream URL (checked at the upgrade)."""
+        return None
 
     @abstractmethod
     async def open_stream(
@@ -230,7 +243,7 @@ class Provider(ABC):
         """Read the stream's first messages and build its serializer; raise WebhookRejected."""
 
     def stream_token_fallback(self, request: web.Request, start: StreamStart) -> bool:
-        """Whether a stream without a valid token may still run (a provider's own check)."""
+        """Whether a stream that carries no token at all may still run (a provider's own check)."""
         return False
 
     def is_stop(self, message: Mapping[str, Any]) -> bool:

@@ -95,7 +95,30 @@ class ExotelProvider(Provider):
             ]
         return []
 
+    def _check_secret(self, request: web.Request) -> None:
+        """With EXOTEL_STREAM_SECRET set, Exotel's requests must carry it as ?secret=... (B6):
+        Exotel signs nothing, so the secret in the URLs it was given is the only proof."""
+        configured = self.settings.exotel_stream_secret
+        if configured and not hmac.compare_digest(request.query.get(SECRET_PARAM, "").encode(), configured.encode()):
+            raise WebhookRejected(403, "missing or wrong ?secret= (EXOTEL_STREAM_SECRET)")
+
+    def with_secret(self, url: str) -> str:
+        """`url` with ?secret=... when EXOTEL_STREAM_SECRET is set: what Exotel must be given."""
+        configured = self.settings.exotel_stream_secret
+        return _with_query(url, {SECRET_PARAM: configured}) if configured else url
+
+    def paste_instructions(self, public_base_url: str, agent: str) -> str:
+        text = super().paste_instructions(public_base_url, agent)
+        if not self.settings.exotel_stream_secret:
+            return text
+        # The secret itself is never printed: the user has it in their settings.
+        return text.replace("\n", "?secret=<EXOTEL_STREAM_SECRET>\n", 1)
+
+    def upgrade_token(self, request: web.Request) -> str | None:
+        return request.query.get(TOKEN_PARAM)
+
     async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
+        self._check_secret(request)
         try:
             params: Mapping[str, Any] = request.query if request.method == "GET" else await _body(request)
         except ValueError:
@@ -179,7 +202,7 @@ class ExotelProvider(Provider):
             ("CallerId", request.from_number),
             ("StreamUrl", _with_query(request.stream_url, {TOKEN_PARAM: request.call.token})),
             ("StreamType", "bidirectional"),
-            ("StatusCallback", request.status_url),
+            ("StatusCallback", self.with_secret(request.status_url)),
             ("StatusCallbackEvents[0]", "terminal"),
             ("StatusCallbackEvents[1]", "answered"),
             ("CustomField", request.call.call_id),
@@ -201,6 +224,7 @@ class ExotelProvider(Provider):
         return sid
 
     async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
+        self._check_secret(request)
         try:
             params = await _body(request)
         except ValueError:
@@ -249,6 +273,8 @@ class ExotelCaller(CallerSide):
         self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
     ) -> tuple[str, dict[str, str]]:
         query = {"CallSid": call.provider_call_id, "CallFrom": call.from_number, "CallTo": call.to_number}
+        if self.settings.exotel_stream_secret:  # as App Bazaar was given the URL (README)
+            query[SECRET_PARAM] = self.settings.exotel_stream_secret
         async with http.get(f"{server_url}/telephony/exotel/inbound/{agent}", params=query) as resp:
             body = await resp.text()
             if resp.status != 200:

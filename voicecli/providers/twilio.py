@@ -158,11 +158,11 @@ class TwilioProvider(Provider):
         response.append(connect)
         return str(response)
 
-    def check_upgrade(self, request: web.Request, public_url: str) -> None:
+    def check_upgrade(self, request: web.Request, public_url: str) -> bool:
         # Twilio signs the upgrade too (error 31930); check it when present, never require it.
         signature = request.headers.get("X-Twilio-Signature")
         if signature is None or not self.settings.twilio_auth_token:
-            return
+            return False
         parts = urlsplit(public_url)
         candidates = {public_url}
         for scheme in ("https", "wss", "http", "ws"):
@@ -170,6 +170,7 @@ class TwilioProvider(Provider):
         validator = self._validator()
         if not any(validator.validate(url, {}, signature) for url in candidates):
             raise WebhookRejected(403, "invalid X-Twilio-Signature on the stream upgrade")
+        return True
 
     async def open_stream(
         self, request: web.Request, messages: AsyncIterator[tuple[str, dict[str, Any]]]

@@ -109,29 +109,36 @@ class VobizProvider(Provider):
             return ["VOBIZ_AUTH_TOKEN not set: Vobiz webhook signatures are NOT checked"]
         return []
 
-    def _verify(self, request: web.Request, public_url: str, params: Mapping[str, Any]) -> None:
+    def _verify(self, request: web.Request, public_url: str, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """Check the signature; the request's nonces (Vobiz signs only URL and nonce: a nonce
+        seen before means a replayed request, which the call's owner refuses)."""
         token = self.settings.vobiz_auth_token
         if not token:
-            return
-        for version, header in (("v3", "X-Vobiz-Signature-V3"), ("v2", "X-Vobiz-Signature-V2")):
+            return ()
+        headers = ("X-Vobiz-Signature-V3", "X-Vobiz-Signature-V2")
+        nonces = tuple(sorted({n for h in headers if (n := request.headers.get(f"{h}-Nonce"))}))
+        for version, header in zip(("v3", "v2"), headers, strict=True):
             given, nonce = request.headers.get(header), request.headers.get(f"{header}-Nonce")
             if given and nonce:
                 expected = signatures(token, public_url, nonce, params)[version]
                 if any(hmac.compare_digest(g.strip(), e) for g in given.split(",") for e in expected):
-                    return
+                    return nonces
         raise WebhookRejected(403, "invalid or missing X-Vobiz-Signature-V3/V2")
 
-    async def _form(self, request: web.Request, public_url: str) -> Mapping[str, Any]:
+    async def _form(self, request: web.Request, public_url: str) -> tuple[Mapping[str, Any], tuple[str, ...]]:
         params = await form_params(request)
-        self._verify(request, public_url, {k: v for k, v in params.items() if isinstance(v, str)})
-        return params
+        nonces = self._verify(request, public_url, {k: v for k, v in params.items() if isinstance(v, str)})
+        return params, nonces
+
+    def upgrade_token(self, request: web.Request) -> str | None:
+        return request.query.get("token")  # the stream URL's query carries it (C4)
 
     async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
-        params = await self._form(request, public_url)
+        params, nonces = await self._form(request, public_url)
         call_uuid = params.get("CallUUID")
         if not isinstance(call_uuid, str) or not call_uuid:
             raise WebhookRejected(400, "missing CallUUID: not a Vobiz answer webhook")
-        return InboundCall(call_uuid, text_field(params, "From"), text_field(params, "To"))
+        return InboundCall(call_uuid, text_field(params, "From"), text_field(params, "To"), nonces)
 
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
         from aiohttp import web
@@ -242,7 +249,7 @@ class VobizProvider(Provider):
         return call_uuid
 
     async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
-        params = await self._form(request, public_url)
+        params, nonces = await self._form(request, public_url)
         call_uuid = text_field(params, "CallUUID")
         if not call_uuid:
             raise WebhookRejected(400, "missing CallUUID")
@@ -250,7 +257,7 @@ class VobizProvider(Provider):
             return None
         status = str(params.get("CallStatus", "completed")).lower()
         cause = text_field(params, "HangupCause") or "hung up"
-        return StatusUpdate(call_uuid, HANGUP_STATUS.get(status, "completed"), f"Vobiz: {cause}")
+        return StatusUpdate(call_uuid, HANGUP_STATUS.get(status, "completed"), f"Vobiz: {cause}", nonces=nonces)
 
 
 def _vobiz_error(text: str) -> str:

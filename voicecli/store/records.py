@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
 CallStatus = Literal[
-    "queued", "ringing", "in-progress", "completed", "busy", "no-answer", "failed", "canceled", "interrupted"
+    "queued",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "no-answer",
+    "failed",
+    "canceled",
+    "interrupted",
+    "no-stream",
 ]
 Direction = Literal["inbound", "outbound"]
 Role = Literal["caller", "agent"]
 
 CALL_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "busy", "no-answer", "failed", "canceled", "interrupted"})
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"completed", "busy", "no-answer", "failed", "canceled", "interrupted", "no-stream"}
+)
 # A live call only moves forward: a late "ringing" callback must not undo "in-progress".
 PROGRESS_ORDER: dict[str, int] = {"queued": 0, "ringing": 1, "in-progress": 2}
 
@@ -94,6 +105,8 @@ class CallRecord:
     ended_at: str | None
     duration_s: float | None
     end_reason: str | None
+    # The server process that carries (or last carried) the call: `serve` instance id.
+    instance: str | None = None
 
     def to_json(self, transcript: list[TranscriptEntry] | None = None) -> dict[str, Any]:
         """The API shape of the call, with its transcript when one is given."""
@@ -145,8 +158,8 @@ def apply_update(
 class CallStore(Protocol):
     """Where call records live; the server needs only these methods.
 
-    A store for several server instances (PostgreSQL) must scope `mark_interrupted` to the
-    calls of the instance that died, not to every live call.
+    `mark_interrupted` ends only the live calls of servers that are gone: every record names
+    the instance carrying it, and the caller passes the instances still running.
     """
 
     async def open(self) -> None: ...
@@ -164,6 +177,7 @@ class CallStore(Protocol):
         provider_call_id: str | None = None,
         status: CallStatus = "ringing",
         call_id: str | None = None,
+        instance: str | None = None,
     ) -> CallRecord: ...
 
     async def get(self, call_id: str) -> CallRecord | None: ...
@@ -187,7 +201,15 @@ class CallStore(Protocol):
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]: ...
 
-    async def mark_interrupted(self, reason: str = "server stopped unexpectedly") -> int: ...
+    async def claim_stream(
+        self, call_id: str, *, provider: str, agent: str, instance: str | None, provider_call_id: str | None
+    ) -> CallRecord | None: ...
+
+    async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool: ...
+
+    async def mark_interrupted(
+        self, reason: str = "server stopped unexpectedly", live_instances: Collection[str] = ()
+    ) -> int: ...
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]: ...
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -82,6 +83,21 @@ def m001_calls_and_transcripts(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX transcript_call_id ON transcript(call_id, id)")
 
 
+@migration
+def m002_instances_and_nonces(db: sqlite3.Connection) -> None:
+    """Which server carries each call, and the signature nonces already seen (replays refused)."""
+    db.execute("ALTER TABLE calls ADD COLUMN instance TEXT")
+    db.execute(
+        """CREATE TABLE nonces (
+            provider TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (provider, nonce)
+        )"""
+    )
+    db.execute("CREATE INDEX nonces_seen_at ON nonces(seen_at)")
+
+
 @contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     # IMMEDIATE takes the write lock up front, so a read-then-write is atomic even against
@@ -111,8 +127,9 @@ def migrate(db: sqlite3.Connection) -> None:
 
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
-    " status, started_at, ended_at, duration_s, end_reason"
+    " status, started_at, ended_at, duration_s, end_reason, instance"
 )
+_COLUMN_COUNT = len(_COLUMNS.split(","))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -139,7 +156,7 @@ def _fetch_one(db: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> C
 
 def _insert(db: sqlite3.Connection, record: CallRecord) -> None:
     with _transaction(db):
-        db.execute(f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", astuple(record))
+        db.execute(f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})", astuple(record))
 
 
 def _update(db: sqlite3.Connection, call_id: str, changes: dict[str, Any]) -> CallRecord | None:
@@ -191,16 +208,46 @@ def _transcript_summaries(db: sqlite3.Connection, call_ids: Sequence[str]) -> di
     return {call_id: TranscriptSummary(turns, role, text) for call_id, turns, role, text in rows}
 
 
-def _mark_interrupted(db: sqlite3.Connection, reason: str) -> int:
+def _mark_interrupted(db: sqlite3.Connection, reason: str, live_instances: list[str]) -> int:
     with _transaction(db):
         live = sorted(PROGRESS_ORDER)
         rows = db.execute(
-            f"SELECT {_COLUMNS} FROM calls WHERE status IN ({', '.join('?' * len(live))})", live
+            f"SELECT {_COLUMNS} FROM calls WHERE status IN ({', '.join('?' * len(live))})"
+            f" AND (instance IS NULL OR instance NOT IN ({', '.join('?' * len(live_instances))}))",
+            (*live, *live_instances),
         ).fetchall()
         now = utcnow_iso()
         for row in rows:
             _rewrite(db, apply_update(CallRecord(*row), status="interrupted", end_reason=reason, now=now))
     return len(rows)
+
+
+def _claim_stream(
+    db: sqlite3.Connection, call_id: str, provider: str, agent: str, instance: str | None, provider_call_id: str | None
+) -> CallRecord | None:
+    # The token's single use: only a call still waiting for its stream can be claimed, once.
+    with _transaction(db):
+        record = _fetch_one(db, "id = ?", (call_id,))
+        if record is None or record.provider != provider or record.agent != agent:
+            return None
+        if record.status not in ("queued", "ringing"):
+            return None
+        claimed = replace(
+            apply_update(record, status="in-progress"),
+            instance=instance,
+            provider_call_id=record.provider_call_id or provider_call_id,
+        )
+        _rewrite(db, claimed)
+        return claimed
+
+
+def _first_use(db: sqlite3.Connection, provider: str, nonce: str, now: float, keep_s: float) -> bool:
+    with _transaction(db):
+        db.execute("DELETE FROM nonces WHERE seen_at < ?", (now - keep_s,))
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO nonces (provider, nonce, seen_at) VALUES (?, ?, ?)", (provider, nonce, now)
+        )
+        return inserted.rowcount == 1
 
 
 class SQLiteCallStore:
@@ -265,6 +312,7 @@ class SQLiteCallStore:
         provider_call_id: str | None = None,
         status: CallStatus = "ringing",
         call_id: str | None = None,
+        instance: str | None = None,
     ) -> CallRecord:
         """Record a new call; raises sqlite3.IntegrityError if `call_id` is already taken."""
         if direction not in ("inbound", "outbound"):
@@ -286,6 +334,7 @@ class SQLiteCallStore:
             ended_at=now if status in TERMINAL_STATUSES else None,
             duration_s=0.0 if status in TERMINAL_STATUSES else None,
             end_reason=None,
+            instance=instance,
         )
         await self._run(_insert, record)
         return record
@@ -334,9 +383,25 @@ class SQLiteCallStore:
         """A call's utterances in the order they were written."""
         return await self._run(_transcript, call_id)
 
-    async def mark_interrupted(self, reason: str = "server stopped unexpectedly") -> int:
-        """End every call still marked live as interrupted (run at start-up); returns how many."""
-        return await self._run(_mark_interrupted, reason)
+    async def claim_stream(
+        self, call_id: str, *, provider: str, agent: str, instance: str | None, provider_call_id: str | None
+    ) -> CallRecord | None:
+        """Move a call waiting for its stream to in-progress, once; None if it is not waiting.
+
+        The record must be this provider's and agent's; a call already streaming, or ended,
+        is never claimed again (a stream token works once).
+        """
+        return await self._run(_claim_stream, call_id, provider, agent, instance, provider_call_id)
+
+    async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool:
+        """Note a signature nonce; False when it was already seen within `keep_s` (a replay)."""
+        return await self._run(_first_use, provider, nonce, time.time(), keep_s)
+
+    async def mark_interrupted(
+        self, reason: str = "server stopped unexpectedly", live_instances: Collection[str] = ()
+    ) -> int:
+        """End as interrupted every live call whose server is not in `live_instances`; how many."""
+        return await self._run(_mark_interrupted, reason, sorted(live_instances))
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]:
         """Turns so far and the last utterance of each call that has any (for the live table)."""
