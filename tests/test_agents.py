@@ -98,7 +98,7 @@ def test_turn_table_defaults_to_smart_turn_with_a_short_fallback(tmp_path: Path)
 
 
 def test_unknown_agent_lists_the_known_ones(project: Path) -> None:
-    with pytest.raises(AgentError, match=r"no agent 'nope'.*agents: demo, sales"):
+    with pytest.raises(AgentError, match=r"no agent 'nope'.*agents: demo, pizza, sales"):
         load_agents(project / "agents", ["nope"])
 
 
