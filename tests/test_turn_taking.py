@@ -12,7 +12,12 @@ from tests.wire import WireCall
 from voicecli.audio import silence
 from voicecli.simulator import speech
 
-MENU_QUESTIONS = ("What is on the menu?", "What pizzas do you have?", "What toppings do you have?", "Can I see the menu?")
+MENU_QUESTIONS = (
+    "What is on the menu?",
+    "What pizzas do you have?",
+    "What toppings do you have?",
+    "Can I see the menu?",
+)
 FRAME = 320  # 20 ms of 8 kHz 16-bit audio
 
 
@@ -28,6 +33,7 @@ async def turn_latency(server_url: str, settings, agent: str, sentence: str) -> 
             outgoing = bytearray()
             spoke_at: list[float] = []
             heard_at: list[float] = []
+            replied = asyncio.Event()
 
             async def receive() -> None:
                 nonlocal last_audio
@@ -36,6 +42,7 @@ async def turn_latency(server_url: str, settings, agent: str, sentence: str) -> 
                         last_audio = time.monotonic()
                         if spoke_at and not heard_at:
                             heard_at.append(last_audio)
+                            replied.set()
 
             async def clock() -> None:
                 next_at = time.monotonic()
@@ -51,12 +58,12 @@ async def turn_latency(server_url: str, settings, agent: str, sentence: str) -> 
             tasks = [asyncio.create_task(receive()), asyncio.create_task(clock())]
             try:
                 # The greeting has played out once its audio has paused for half a second.
-                while time.monotonic() - last_audio < 0.5:
-                    await asyncio.sleep(0.05)
+                quiet = 0.0
+                while quiet < 0.5:
+                    await asyncio.sleep(0.5 - quiet)
+                    quiet = time.monotonic() - last_audio
                 outgoing.extend(audio)
-                deadline = time.monotonic() + len(audio) / 16000 + 10
-                while not heard_at and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
+                await asyncio.wait_for(replied.wait(), len(audio) / 16000 + 10)
             finally:
                 for task in tasks:
                     task.cancel()
