@@ -84,7 +84,7 @@ async def one_call(
     i: int,
     http: Any,
     args: argparse.Namespace,
-    utterances: list[tuple[list[str], int]],
+    said: list[tuple[list[str], int]],
     silent: str,
     stats: Stats,
     start_at: float,
@@ -153,7 +153,7 @@ async def one_call(
             payload = silent
             if pos >= LEAD_S - 1e-9:
                 loop = int((pos - LEAD_S + 1e-9) // (SPEECH_S + SILENCE_S))
-                frames, last = utterances[loop % len(utterances)]
+                frames, last = said[loop % len(said)]
                 q = round(((pos - LEAD_S) % (SPEECH_S + SILENCE_S)) / FRAME_S)
                 if q < len(frames):
                     payload = frames[q]
