@@ -43,17 +43,25 @@ TEMPLATE = (
 )
 
 
-def speech_frames() -> tuple[list[str], str]:
-    """Base64 mu-law payloads: 2 s of real speech in 20 ms frames, and one frame of silence."""
-    from voicecli.audio import silence, ulaw_encode
+# A 20 ms frame above this level (about -50 dBFS) holds speech: the utterance's last such frame
+# is the caller's "last speech frame" that turn latency counts from.
+SPEECH_RMS = 100.0
+
+
+def speech_frames(utterances: list[bytes] | None = None) -> tuple[list[tuple[list[str], int]], str]:
+    """Base64 mu-law payloads of each utterance (8 kHz PCM) in a 2 s window of 20 ms frames, with
+    the index of its last speech frame; and one frame of silence."""
+    from voicecli.audio import rms, silence, ulaw_encode
     from voicecli.simulator import speech
 
-    pcm = speech(SENTENCE)
     want = int(SPEECH_S * RATE) * 2
-    pcm = (pcm + silence(int(SPEECH_S * 1000), RATE))[:want]
-    ulaw = ulaw_encode(pcm)
-    frames = [base64.b64encode(ulaw[i : i + FRAME_BYTES]).decode() for i in range(0, len(ulaw), FRAME_BYTES)]
-    return frames, base64.b64encode(ulaw_encode(silence(20, RATE))).decode()
+    out = []
+    for pcm in utterances or [speech(SENTENCE)]:
+        pcm = (pcm + silence(int(SPEECH_S * 1000), RATE))[:want]
+        pieces = [pcm[i : i + 2 * FRAME_BYTES] for i in range(0, len(pcm), 2 * FRAME_BYTES)]
+        last = max((k for k, piece in enumerate(pieces) if rms(piece) > SPEECH_RMS), default=len(pieces) - 1)
+        out.append(([base64.b64encode(ulaw_encode(piece)).decode() for piece in pieces], last))
+    return out, base64.b64encode(ulaw_encode(silence(20, RATE))).decode()
 
 
 class Stats:
@@ -76,7 +84,7 @@ async def one_call(
     i: int,
     http: Any,
     args: argparse.Namespace,
-    frames: list[str],
+    said: list[tuple[list[str], int]],
     silent: str,
     stats: Stats,
     start_at: float,
@@ -144,12 +152,16 @@ async def one_call(
             pos = k * FRAME_S
             payload = silent
             if pos >= LEAD_S - 1e-9:
+                loop = int((pos - LEAD_S + 1e-9) // (SPEECH_S + SILENCE_S))
+                frames, last = said[loop % len(said)]
                 q = round(((pos - LEAD_S) % (SPEECH_S + SILENCE_S)) / FRAME_S)
                 if q < len(frames):
                     payload = frames[q]
-                    if q == len(frames) - 1:
+                    if q == last:
                         last_speech_t = now()
-                elif q == len(frames):
+                if q == last + 1:
+                    # Agent audio from here on answers this utterance (a short one's reply can
+                    # start before its 2 s window is over).
                     speech_done += 1
             seq += 1
             sent = now()
@@ -184,7 +196,7 @@ def summary(values_t: array, values: array, since: float, until: float) -> dict[
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
-    frames, silent = speech_frames()
+    utterances, silent = speech_frames(_utterances(args))
     stats = Stats()
     start = args.start_at or time.monotonic() + 1.0
     arrivals = [start + i * args.ramp_s / args.n for i in range(args.n)]
@@ -195,7 +207,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(
-            *(one_call(i, http, args, frames, silent, stats, arrivals[i], departures[i]) for i in range(args.n))
+            *(one_call(i, http, args, utterances, silent, stats, arrivals[i], departures[i]) for i in range(args.n))
         )
     end = time.monotonic()
     steady = (args.window[0], args.window[1]) if args.window else (arrivals[-1] + args.settle_s, hold)
@@ -222,6 +234,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _utterances(args: argparse.Namespace) -> list[bytes] | None:
+    """What the callers say, in turn: --say sentences (eSpeak), then --wav files; None: SENTENCE."""
+    from voicecli.audio import read_wav, resample
+    from voicecli.simulator import speech
+
+    said = [speech(text) for text in args.say]
+    for path in args.wav:
+        pcm, rate = read_wav(path)
+        said.append(resample(pcm, rate, RATE))
+    return said or None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8200")
@@ -236,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, nargs=2, default=None, help="steady window (monotonic)")
     parser.add_argument("--cpu", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--say", action="append", default=[], help="a sentence to say (eSpeak), in turn")
+    parser.add_argument("--wav", action="append", default=[], type=Path, help="a WAV utterance to say, in turn")
     return parser.parse_args(argv)
 
 

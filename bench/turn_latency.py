@@ -1,13 +1,15 @@
 """Turn latency with the offline demo agent (PocketSphinx STT, script LLM, eSpeak TTS).
 
-From the last 20 ms frame of the caller's utterance (sent) to the first message of the
-agent's reply (received), for a few emulated callers. The server (pinned to core 0) records
-when its user aggregator ends the caller's turn (Silero VAD's stop, then Smart Turn v3), so
-the figure splits into the turn detector's wait (last frame -> turn ended) and the runner's
-share (turn ended -> first reply audio at the caller: STT result, LLM, TTS, pipeline hops,
-output transport and the wire).
+Turn latency: from the caller's last speech frame sent (the last 20 ms frame of the utterance
+above about -50 dBFS) to the first message of the agent's reply received at the caller, for a
+few emulated callers. Two voices (bench/voices.py): eSpeak saying issue 13's sentences for
+every demo keyword, and phrases of a human reading shipped in the moonshine-voice wheel. The
+server (pinned to core 0) records when its user aggregator ends the caller's turn (Silero VAD's
+stop, then the agent's [turn] strategy), so the figure splits into the turn detector's wait
+(last frame -> turn ended) and the runner's share (turn ended -> first reply audio at the
+caller: STT result, LLM, TTS, pipeline hops, output transport and the wire).
 
-    python bench/turn_latency.py [--calls 1] [--seconds 30]
+    python bench/turn_latency.py [--calls 1] [--voice espeak|human|both]
 """
 
 from __future__ import annotations
@@ -39,13 +41,33 @@ from bench.common import (  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from bench.voices import espeak_sentences, human_phrases
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=30.0, help="how long each call talks")
+    parser.add_argument("--voice", choices=("espeak", "human", "both"), default="both")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="how long each call talks (default: each utterance once)"
+    )
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="voicecli-bench-turn-"))
+    results = {}
+    if args.voice in ("espeak", "both"):
+        said = espeak_sentences()
+        results["espeak"] = measure(args, logs, "espeak", [a for text in said for a in ("--say", text)], len(said))
+    if args.voice in ("human", "both"):
+        wavs = human_phrases(logs)
+        results["human"] = measure(args, logs, "human", [a for w in wavs for a in ("--wav", str(w))], len(wavs))
+    return results
+
+
+def measure(args: argparse.Namespace, logs: Path, voice: str, say: list[str], count: int) -> dict[str, Any]:
+    """One server, `args.calls` callers saying their utterances in turn; the figures for `voice`."""
+    from bench.callers import LEAD_S, SILENCE_S, SPEECH_S
+
+    seconds = args.seconds or LEAD_S + count * (SPEECH_S + SILENCE_S)
     port = free_port()
-    log = open(logs / "server.log", "w")  # noqa: SIM115
+    log = open(logs / f"server-{voice}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             PYTHON,
@@ -64,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/healthz", proc=proc)
-        out = logs / "callers.json"
+        out = logs / f"callers-{voice}.json"
         subprocess.run(
             [
                 PYTHON,
@@ -80,13 +102,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "--settle-s",
                 "0",
                 "--steady-s",
-                str(args.seconds),
+                str(seconds),
                 "--depart-s",
                 "1",
                 "--cpu",
                 str(CLIENT_CPU),
                 "--out",
                 str(out),
+                *say,
             ],
             check=True,
             stdout=log,
@@ -131,8 +154,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fmt(max(runner) if runner else float("nan"), 0),
         ],
     ]
-    print(f"# turn latency, demo agent, {args.calls} call(s) x {args.seconds:g} s (logs in {logs})")
+    print(f"# turn latency, demo agent, {voice} voice, {args.calls} call(s) x {seconds:g} s (logs in {logs})")
     print(table(["", "turns", "p50 ms", "p90 ms", "max ms"], rows))
+    share = sum(detector) / sum(total[: len(detector)]) if detector else float("nan")
+    print(f"The turn detector's wait is {100 * share:.0f} % of the turn latency (sum over turns).")
     per_turn = len(inferences) / max(1, len(total))
     cpu_ms = 1000 * sum(inferences) / max(1, len(inferences))
     print(
@@ -140,12 +165,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{cpu_ms:.0f} ms of CPU per run."
     )
     return {
+        "voice": voice,
+        "detector_share": share,
         "smart_turn_runs_per_turn": per_turn,
         "smart_turn_cpu_ms": cpu_ms,
         "total_ms": total,
         "detector_ms": detector,
         "runner_ms": runner,
         "p50": {"total": pct(total, 50), "detector": pct(detector, 50), "runner": pct(runner, 50)},
+        "p90": {"total": pct(total, 90), "detector": pct(detector, 90), "runner": pct(runner, 90)},
     }
 
 

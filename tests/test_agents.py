@@ -66,6 +66,17 @@ def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None
         (DEMO_HEAD + SCRIPT + "[call]\nmax_duration_s = -5\n", "call.max_duration_s: must be a positive"),
         ('name = "has space"\n' + DEMO_HEAD + SCRIPT, "name: use letters"),
         ("greeting = \n", "is not valid TOML"),
+        (DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'vibes'\n", "turn.strategy: 'vibes' is not one of smart-turn"),
+        (DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'silence'\nsilence_s = 0.1\n", "turn.silence_s: must be a number"),
+        (DEMO_HEAD + SCRIPT + "[turn]\nmax_wait_s = 'soon'\n", "turn.max_wait_s: must be a number of seconds from 0.2"),
+        (DEMO_HEAD + SCRIPT + "[turn]\nmax_wait_s = 30\n", "turn.max_wait_s: must be a number of seconds .* to 10"),
+        (DEMO_HEAD + SCRIPT + "[turn]\nsilence_s = 0.5\n", 'turn.silence_s: applies to strategy = "silence"'),
+        (
+            DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'silence'\nmax_wait_s = 1\n",
+            'turn.max_wait_s: applies to strategy = "smart-turn", not "silence"',
+        ),
+        (DEMO_HEAD + SCRIPT + "[turn]\npatience = 1\n", "turn.patience: unknown key"),
+        ("turn = 3\n" + DEMO_HEAD + SCRIPT, r"\[turn\]: must be a table"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -76,8 +87,18 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> No
     assert str(path) in str(info.value)
 
 
+def test_turn_table_defaults_to_smart_turn_with_a_short_fallback(tmp_path: Path) -> None:
+    path = tmp_path / "plain.toml"
+    path.write_text(DEMO_HEAD + SCRIPT)
+    turn = load_agent(path).turn
+    assert (turn.strategy, turn.max_wait_s) == ("smart-turn", 1.2)
+    path.write_text(DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'silence'\nsilence_s = 0.5\n")
+    turn = load_agent(path).turn
+    assert (turn.strategy, turn.silence_s) == ("silence", 0.5)
+
+
 def test_unknown_agent_lists_the_known_ones(project: Path) -> None:
-    with pytest.raises(AgentError, match=r"no agent 'nope'.*agents: demo, sales"):
+    with pytest.raises(AgentError, match=r"no agent 'nope'.*agents: demo, pizza, sales"):
         load_agents(project / "agents", ["nope"])
 
 

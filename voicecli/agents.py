@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from voicecli.errors import AgentError, MissingKeysError
 from voicecli.services import SERVICES, Kind
@@ -15,8 +15,17 @@ from voicecli.services import SERVICES, Kind
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DTMF_KEYS = frozenset("0123456789*#")
-TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call"})
+TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn"})
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
+
+TurnStrategy = Literal["smart-turn", "silence"]
+TURN_STRATEGIES: tuple[TurnStrategy, ...] = ("smart-turn", "silence")
+# Each strategy's own key: the other's is an error rather than silently ignored.
+TURN_KEYS: dict[str, str] = {"smart-turn": "max_wait_s", "silence": "silence_s"}
+# Both waits count from the caller's last sound, and Silero VAD reports a stop 0.2 s after it
+# (pipecat's VAD_STOP_SECS): no turn can end sooner than that.
+MIN_TURN_WAIT_S = 0.2
+MAX_TURN_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,22 @@ class ScriptRule:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    """The `[turn]` table: how the agent decides that the caller has finished speaking.
+
+    `silence`: the turn ends when the caller has been quiet for `silence_s`.
+    `smart-turn`: Smart Turn v3 judges the words so far when the caller pauses; when it says
+    "not finished", the turn still ends once the caller has been quiet for `max_wait_s`.
+    Both count from the caller's last sound.
+    """
+
+    strategy: TurnStrategy = "smart-turn"
+    silence_s: float = 0.6
+    # pipecat's own fallback is 3 s after the voice detector's stop: a caller thinks the line died.
+    max_wait_s: float = 1.2
+
+
+@dataclass(frozen=True)
 class Agent:
     """A validated agent definition."""
 
@@ -53,6 +78,7 @@ class Agent:
     # Said when the server must end a call that is still going (shutdown, time limit).
     goodbye: str = "Sorry, I have to end the call now. Goodbye!"
     rules: tuple[ScriptRule, ...] = field(default=())
+    turn: TurnConfig = field(default_factory=TurnConfig)
 
     def missing_keys(self, env: Mapping[str, str]) -> list[str]:
         """Environment variables this agent's services need that are not set."""
@@ -160,6 +186,33 @@ class _Checker:
         self.unknown(options, spec.options, f"{kind}.")
         return ServiceConfig(provider, options)
 
+    def turn(self, data: Mapping[str, Any]) -> TurnConfig:
+        table = data.get("turn", {})
+        if not isinstance(table, dict):
+            raise self.fail("[turn]", "must be a table")
+        strategy = table.get("strategy", "smart-turn")
+        if strategy not in TURN_STRATEGIES:
+            raise self.fail("turn.strategy", f"{strategy!r} is not one of {', '.join(TURN_STRATEGIES)}")
+        own = TURN_KEYS[strategy]
+        for key in table:
+            if key in TURN_KEYS.values() and key != own:
+                other = next(name for name, k in TURN_KEYS.items() if k == key)
+                raise self.fail(f"turn.{key}", f'applies to strategy = "{other}", not "{strategy}" (use {own})')
+        self.unknown(table, frozenset({"strategy", own}), "turn.")
+        default = TurnConfig()
+        value = table.get(own, getattr(default, own))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not MIN_TURN_WAIT_S <= value <= MAX_TURN_WAIT_S
+        ):
+            raise self.fail(
+                f"turn.{own}",
+                f"must be a number of seconds from {MIN_TURN_WAIT_S:g} (the voice detector's own stop delay) "
+                f"to {MAX_TURN_WAIT_S:g}",
+            )
+        return TurnConfig(strategy=strategy, **{own: float(value)})
+
     def rules(self, llm: Mapping[str, Any]) -> tuple[ScriptRule, ...]:
         raw = llm.get("rules", [])
         if not isinstance(raw, list) or not raw:
@@ -222,5 +275,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         max_duration_s=check.number(call, "max_duration_s", "call.", 1800.0),
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
         rules=rules,
+        turn=check.turn(data),
         **extra,
     )

@@ -1,7 +1,8 @@
 """One call's pipecat pipeline: transport in, STT, user turn, LLM, TTS, transport out.
 
-Turn-taking: Silero VAD with Smart Turn v3 deciding when the caller has finished, the
-same strategy pipecat's telephony examples use, with both models shared across calls.
+Turn-taking: Silero VAD hears the caller start and stop; the agent's `[turn]` table says what
+ends the turn: Smart Turn v3 (the strategy pipecat's telephony examples use) with a short
+fallback, or a plain pause. Both models are shared across calls.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.vad.vad_analyzer import VAD_STOP_SECS
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -20,10 +23,11 @@ from pipecat.processors.aggregators.llm_response_universal import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_transport import TransportParams
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
-from voicecli.agents import Agent
+from voicecli.agents import Agent, TurnConfig
 from voicecli.services import SERVICES, create_service
 from voicecli.shared_models import SharedSileroVAD, SharedSmartTurn
 from voicecli.transport import CallLine, WebsocketTransport
@@ -57,6 +61,21 @@ class AudioEnd(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
+def turn_stop_strategy(turn: TurnConfig) -> BaseUserTurnStopStrategy:
+    """The user-turn stop strategy for an agent's `[turn]` table.
+
+    Both of the table's waits count from the caller's last sound; pipecat's count from the
+    VAD's stop, which Silero reports VAD_STOP_SECS (0.2 s) after it, so that is taken off.
+    """
+    if turn.strategy == "silence":
+        return SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=max(0.0, turn.silence_s - VAD_STOP_SECS))
+    # Smart Turn's stop_secs is the fallback when the model says "not finished": pipecat's
+    # default is 3 s, and the model rates some voices (eSpeak's among them) "not finished"
+    # often enough that callers waited 3.2 s for a reply (issue 13).
+    params = SmartTurnParams(stop_secs=max(0.0, turn.max_wait_s - VAD_STOP_SECS))
+    return TurnAnalyzerUserTurnStopStrategy(turn_analyzer=SharedSmartTurn(params=params))
+
+
 TranscriptSink = Callable[[str, str], Awaitable[None]]
 
 
@@ -80,7 +99,7 @@ def build_task(
 
     messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     context = LLMContext(messages)
-    strategies = UserTurnStrategies(stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=SharedSmartTurn())])
+    strategies = UserTurnStrategies(stop=[turn_stop_strategy(agent.turn)])
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(vad_analyzer=SharedSileroVAD(), user_turn_strategies=strategies),
