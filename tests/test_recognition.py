@@ -26,7 +26,6 @@ FORMS = ("I need {} please", "Can you give me {}", "{}")
 # heard before), pizza shop 25/30 (0.83). The bound below guards that; issue 13 asks for 0.9,
 # which PocketSphinx's 16 kHz model on eSpeak phone audio does not reach yet.
 REACHED = 0.75
-WANTED = 0.9
 
 
 @cache
@@ -57,10 +56,3 @@ def hit_rate(name: str) -> tuple[float, list[str]]:
 def test_spoken_keywords_reach_their_rule(name: str) -> None:
     rate, misses = hit_rate(name)
     assert rate >= REACHED, misses
-
-
-@pytest.mark.xfail(strict=True, reason="issue 13's 9 in 10: not reached with PocketSphinx (see REACHED)")
-@pytest.mark.parametrize("name", ["demo", "pizza"])
-def test_spoken_keywords_reach_their_rule_nine_times_in_ten(name: str) -> None:
-    rate, misses = hit_rate(name)
-    assert rate >= WANTED, misses
