@@ -31,6 +31,13 @@ async def _until(predicate, within_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _until_first_call_ended(server) -> None:
+    async def ended() -> bool:
+        return (await server.state.store.list())[0].ended_at is not None
+
+    await _until(ended)
+
+
 async def _talking(wire: WireCall, http: aiohttp.ClientSession, **connect) -> aiohttp.ClientWebSocketResponse:
     """Ring, stream and start one call; it is admitted once the agent's greeting arrives."""
     await wire.ring(http)
@@ -60,10 +67,7 @@ async def test_a_call_whose_agent_cannot_start_ends_failed_and_frees_its_slot(st
         await broken.start(ws)
         assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
 
-        async def ended() -> bool:
-            return (await server.state.store.list())[0].ended_at is not None
-
-        await _until(ended)
+        await _until_first_call_ended(server)
         [record] = await server.state.store.list()
         assert record.status == "failed" and "could not run" in (record.end_reason or "")
         # The only slot came back: the next caller is answered.
@@ -280,10 +284,7 @@ async def test_the_vobiz_hang_up_is_sent_when_its_stop_message_fails(start_serve
         # The goodbye is sent (faster than it plays): the socket breaks before the stop message.
         ws._response.connection.transport.abort()  # type: ignore[union-attr]
 
-        async def ended() -> bool:
-            return (await server.state.store.list())[0].ended_at is not None
-
-        await _until(ended)
+        await _until_first_call_ended(server)
     assert fake_vobiz.find("DELETE", f"/Call/{wire.call.provider_call_id}/")
 
 

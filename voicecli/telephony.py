@@ -12,7 +12,7 @@ from loguru import logger
 
 from voicecli import urls
 from voicecli.lifecycle import CallRefused
-from voicecli.providers.base import WebhookRejected
+from voicecli.providers.base import StreamCall, WebhookRejected
 from voicecli.server_state import STATE, ServerState
 
 
@@ -35,6 +35,12 @@ def refusal(exc: WebhookRejected | CallRefused) -> web.Response:
     return web.Response(status=exc.status, text=exc.reason + "\n")
 
 
+def stream_document(request: web.Request, state: ServerState, call: StreamCall) -> web.StreamResponse:
+    """The provider's answer that connects `call` to its agent's media stream."""
+    name = provider_name(request)
+    return state.provider(name).answer(request, call, urls.stream_url(state.base_url(request), name, call.agent))
+
+
 async def inbound_webhook(request: web.Request) -> web.StreamResponse:
     """A call comes in: the owner records it, and the provider gets the document that streams it to us."""
     state, name, agent_name = _lookup(request)
@@ -47,7 +53,7 @@ async def inbound_webhook(request: web.Request) -> web.StreamResponse:
     except (WebhookRejected, CallRefused) as exc:
         logger.warning(f"{name} webhook refused ({exc.status}): {exc.reason}")
         return refusal(exc)
-    return provider.answer(request, call, urls.stream_url(state.base_url(request), name, agent_name))
+    return stream_document(request, state, call)
 
 
 async def media_stream(request: web.Request) -> web.StreamResponse:
@@ -73,9 +79,7 @@ async def status_callback(request: web.Request) -> web.Response:
     except (WebhookRejected, CallRefused) as exc:
         logger.warning(f"{name} status callback refused ({exc.status}): {exc.reason}")
         return refusal(exc)
-    if call is not None:
-        return provider.answer(request, call, urls.stream_url(state.base_url(request), name, call.agent))
-    return web.Response(text="ok\n")
+    return stream_document(request, state, call) if call is not None else web.Response(text="ok\n")
 
 
 async def answer_dialled(request: web.Request) -> web.StreamResponse:
@@ -89,7 +93,7 @@ async def answer_dialled(request: web.Request) -> web.StreamResponse:
     except (WebhookRejected, CallRefused) as exc:
         logger.warning(f"{name} answer webhook refused ({exc.status}): {exc.reason}")
         return refusal(exc)
-    return provider.answer(request, call, urls.stream_url(state.base_url(request), name, call.agent))
+    return stream_document(request, state, call)
 
 
 def setup_routes(app: web.Application) -> None:
