@@ -68,6 +68,27 @@ def _as_phone(value: Any) -> str:
     return text
 
 
+def _as_database_url(value: Any) -> str:
+    text = _as_str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
+        raise ValueError("must be a PostgreSQL URL such as postgresql://user:password@host:5432/voicecli")
+    return text
+
+
+def _as_workers(value: Any) -> int | str:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if isinstance(value, bool) or not 1 <= number <= 256:
+        raise ValueError("must be a whole number from 1 to 256, or auto (one per core)")
+    return number
+
+
 def _as_networks(value: Any) -> str:
     """Comma-separated addresses or CIDR ranges, normalised (`127.0.0.1, 10.0.0.0/8`)."""
     import ipaddress
@@ -91,6 +112,9 @@ class Setting:
     help: str
     secret: bool = False
     env: str = ""
+    # Read once at start-up (where the store is, how many processes): voicecli.toml, the
+    # environment or a flag only; the settings API refuses them, a restart applies them.
+    file_only: bool = False
 
     @property
     def env_name(self) -> str:
@@ -105,25 +129,42 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("twilio_account_sid", None, _as_str, "Twilio account SID (AC...)"),
     Setting("twilio_auth_token", None, _as_str, "Twilio auth token", secret=True),
     Setting("twilio_phone_number", None, _as_phone, "default Twilio caller ID"),
-    Setting("twilio_api_base", "https://api.twilio.com", _HTTP, "Twilio REST base URL"),
+    Setting("twilio_api_base", "https://api.twilio.com", _HTTP, "Twilio REST base URL", file_only=True),
     Setting("twilio_max_concurrent", 10, _as_limit, "concurrent Twilio calls"),
     Setting("exotel_account_sid", None, _as_str, "Exotel account SID"),
     Setting("exotel_api_key", None, _as_str, "Exotel API key", secret=True),
     Setting("exotel_api_token", None, _as_str, "Exotel API token", secret=True),
     Setting("exotel_phone_number", None, _as_phone, "default Exotel virtual number"),
-    Setting("exotel_api_base", "https://api.exotel.com", _HTTP, "Exotel REST base URL (no /v1)"),
+    Setting("exotel_api_base", "https://api.exotel.com", _HTTP, "Exotel REST base URL (no /v1)", file_only=True),
     Setting("exotel_max_concurrent", 10, _as_limit, "concurrent Exotel calls"),
     Setting("exotel_stream_secret", None, _as_str, "secret for static Exotel stream URLs", secret=True),
     Setting("vobiz_auth_id", None, _as_str, "Vobiz auth ID (MA_...)"),
     Setting("vobiz_auth_token", None, _as_str, "Vobiz auth token", secret=True),
     Setting("vobiz_phone_number", None, _as_phone, "default Vobiz caller ID"),
-    Setting("vobiz_api_base", "https://api.vobiz.ai/api/v1", _HTTP, "Vobiz REST base URL"),
+    Setting("vobiz_api_base", "https://api.vobiz.ai/api/v1", _HTTP, "Vobiz REST base URL", file_only=True),
     Setting("vobiz_max_concurrent", 10, _as_limit, "concurrent Vobiz calls"),
     Setting(
         "trusted_proxies",
         None,
         _as_networks,
         "proxies whose X-Forwarded-For names the client (--tunnel adds loopback)",
+    ),
+    Setting(
+        "database_url",
+        None,
+        _as_database_url,
+        "PostgreSQL URL shared by several instances (default: SQLite in .voicecli/)",
+        secret=True,
+        env="VOICECLI_DATABASE_URL",
+        file_only=True,
+    ),
+    Setting(
+        "workers",
+        1,
+        _as_workers,
+        "serving processes: a number, or auto (one per core)",
+        file_only=True,
+        env="VOICECLI_WORKERS",
     ),
 )
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,14 +1,14 @@
 """Call records and transcripts, and `CallStore`: the small interface the server uses.
 
-An implementation keeps records as the call goes so none is ever lost; `sqlite.py` holds
-the one-instance implementation, and a PostgreSQL one can sit beside it.
+An implementation keeps records as the call goes so none is ever lost; `sqlite.py` and
+`postgres.py` hold the two backends.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
@@ -155,17 +155,70 @@ def apply_update(
     return replace(record, **changes) if changes else record
 
 
-class CallStore(Protocol):
-    """Where call records live; the server needs only these methods.
+# Leases: a holder renews every RENEW_S; one not renewed for LEASE_S is dead, by the database's clock.
+LEASE_S = 10.0
+RENEW_S = 2.0
+# Events are read within seconds; older ones are dropped by `maintain`.
+EVENT_KEEP_S = 300.0
 
-    `mark_interrupted` ends only the live calls of servers that are gone: every record names
-    the instance carrying it, and the caller passes the instances still running.
+
+@dataclass(frozen=True)
+class Holder:
+    """One serving process (a worker of an instance) that may hold slots and carry calls."""
+
+    id: str  # what call records name in `instance`: the instance id, plus /wN for a worker
+    instance: str  # the `voicecli serve` run it belongs to
+    host: str
+    pid: int
+    expired: bool = False  # as read by `holders()`: its lease ran out (the database's clock)
+
+
+@dataclass(frozen=True)
+class SlotCount:
+    """A provider's slots held by live holders, cluster-wide: `held` includes `reserved` (dials)."""
+
+    held: int = 0
+    reserved: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A message from one process to another (target None: every process)."""
+
+    id: int
+    kind: str
+    target: str | None
+    call_id: str | None
+    data: dict[str, Any]
+
+
+class LeaseConnection(Protocol):
+    """A connection of its own for renewing a lease from a thread with its own event loop."""
+
+    async def renew(self, holder: str) -> bool:
+        """Push the lease LEASE_S ahead (database clock); False when the holder row is gone."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class CallStore(Protocol):
+    """What every server process shares: records, slots, leases, events, settings, secrets.
+
+    Two backends keep it: SQLite (`sqlite.py`, every worker on one machine) and PostgreSQL
+    (`postgres.py`, any number of instances). `tests/test_store.py` runs on both.
     """
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages: a path, or a URL without its password."""
+        ...
+
+    # --- call records and transcripts ----------------------------------------------------
     async def create(
         self,
         *,
@@ -178,11 +231,15 @@ class CallStore(Protocol):
         status: CallStatus = "ringing",
         call_id: str | None = None,
         instance: str | None = None,
-    ) -> CallRecord: ...
+    ) -> CallRecord:
+        """Record a new call; raises `DuplicateCall` if `call_id` is already taken."""
+        ...
 
     async def get(self, call_id: str) -> CallRecord | None: ...
 
-    async def find_by_provider_call_id(self, provider: str, provider_call_id: str) -> CallRecord | None: ...
+    async def find_by_provider_call_id(self, provider: str, provider_call_id: str) -> CallRecord | None:
+        """The newest call the provider knows by this id, if any."""
+        ...
 
     async def update(
         self,
@@ -193,7 +250,9 @@ class CallStore(Protocol):
         from_number: str | None = None,
         to_number: str | None = None,
         end_reason: str | None = None,
-    ) -> CallRecord | None: ...
+    ) -> CallRecord | None:
+        """Change a call under `apply_update`'s rules, atomically; None if there is no such call."""
+        ...
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None: ...
 
@@ -203,15 +262,102 @@ class CallStore(Protocol):
 
     async def claim_stream(
         self, call_id: str, *, provider: str, agent: str, instance: str | None, provider_call_id: str | None
-    ) -> CallRecord | None: ...
+    ) -> CallRecord | None:
+        """Move a call waiting for its stream (queued/ringing) to in-progress, once, naming
+        `instance` as its carrier; None if it is not this provider's and agent's, or not waiting."""
+        ...
 
-    async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool: ...
-
-    async def mark_interrupted(
-        self, reason: str = "server stopped unexpectedly", live_instances: Collection[str] = ()
-    ) -> int: ...
+    async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool:
+        """Note a signature nonce; False when it was already seen within `keep_s` (a replay)."""
+        ...
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]: ...
+
+    # --- holders and their leases ----------------------------------------------------------
+    async def join(self, holder: Holder) -> None:
+        """Register (or re-register) a holder with a fresh lease."""
+        ...
+
+    async def leave(self, holder: str) -> None:
+        """A holder stops cleanly: its row and any slot it still holds go."""
+        ...
+
+    def lease_connection(self) -> LeaseConnection:
+        """A new connection for `leases.LeaseKeeper`'s thread; opened on that thread's loop."""
+        ...
+
+    async def holders(self) -> list[Holder]:
+        """Every registered holder, with `expired` by the database's clock."""
+        ...
+
+    async def reap(self, holders: Collection[str], reason: str) -> int:
+        """Holders known dead (a worker that exited, a pid gone on this host): delete them and
+        their slots, and end their live calls `interrupted`. How many calls were ended."""
+        ...
+
+    async def maintain(self, reason: str) -> int:
+        """Reap every holder whose lease expired, end `interrupted` every live call whose carrier
+        is no registered holder (a server killed before leases, or reaped), and drop old events
+        and nonces. How many calls were ended."""
+        ...
+
+    # --- slots: check and take in one transaction --------------------------------------------
+    async def take_slot(
+        self, provider: str, limit: int, holder: str, *, claim: str | None = None, reserve: str | None = None
+    ) -> str | None:
+        """A slot id, or None when the provider's live slots are at `limit`.
+
+        `claim`: a call id whose dial reservation, if still there, is handed to `holder`
+        (whatever the limit now); otherwise a new slot is taken if there is room.
+        `reserve`: the new slot is a dial's reservation, named by that call id.
+        Slots of expired holders do not count.
+        """
+        ...
+
+    async def release_slot(self, slot: str) -> None:
+        """Give a slot back; releasing one already gone does nothing."""
+        ...
+
+    async def release_reservation(self, call_id: str) -> bool:
+        """Give back the dial reservation for `call_id` if no stream claimed it; whether one was."""
+        ...
+
+    async def slot_counts(self) -> dict[str, SlotCount]:
+        """Live holders' slots per provider (providers with none are absent)."""
+        ...
+
+    # --- events between processes --------------------------------------------------------------
+    async def publish(
+        self, kind: str, *, target: str | None = None, call_id: str | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
+        """Tell one holder (or, with no target, every process) something; PostgreSQL wakes listeners."""
+        ...
+
+    async def last_event(self) -> int:
+        """The newest event's id (0 when none): where a new reader starts."""
+        ...
+
+    async def events_after(self, after: int, holder: str) -> list[Event]:
+        """Events newer than `after` meant for `holder` or for everyone, oldest first."""
+        ...
+
+    async def wait_for_events(self, within_s: float) -> None:
+        """Return when an event may have arrived: at once on a PostgreSQL NOTIFY, else after `within_s`."""
+        ...
+
+    # --- settings and secrets every process shares ---------------------------------------------
+    async def stored_settings(self) -> dict[str, Any]:
+        """The settings layer kept in the store (what `config set` and the settings API wrote)."""
+        ...
+
+    async def change_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply changes (None removes a name) and publish a `settings` event, in one transaction;
+        the layer after the change."""
+        ...
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret stored under `name`; `candidate` is stored first if there is none yet."""
+        ...
 
     # Last in the class so that `list[...]` above still names the builtin for type checkers.
     async def list(
@@ -222,4 +368,10 @@ class CallStore(Protocol):
         provider: str | None = None,
         agent: str | None = None,
         active_only: bool = False,
-    ) -> list[CallRecord]: ...
+    ) -> list[CallRecord]:
+        """Calls newest first, optionally filtered; `active_only` keeps calls not yet ended."""
+        ...
+
+
+class DuplicateCall(Exception):
+    """`create` was given a call id that is already taken."""

@@ -1,0 +1,117 @@
+"""The store's schema: one named, ordered list of migrations, with the SQL for each backend.
+
+Each is applied once, in order, and recorded by name in `_migrations` (as simonw/llm does);
+the names are those the first SQLite-only releases recorded, so their databases open as is.
+Times the database compares (leases, nonces, events) are Unix seconds by the database's
+own clock, so instances on machines whose clocks differ still agree on who is alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+_CALLS = """CREATE TABLE calls (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    from_number TEXT,
+    to_number TEXT,
+    provider_call_id TEXT,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    duration_s {real},
+    end_reason TEXT
+)"""
+# The integer key keeps utterances in the order they were written.
+_TRANSCRIPT = """CREATE TABLE transcript (
+    id {serial_key},
+    call_id TEXT NOT NULL REFERENCES calls(id),
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at TEXT NOT NULL
+)"""
+_INDEXES = (
+    "CREATE INDEX calls_provider_call_id ON calls(provider, provider_call_id)",
+    "CREATE INDEX calls_started_at ON calls(started_at, id)",
+    "CREATE INDEX calls_status ON calls(status)",
+    "CREATE INDEX transcript_call_id ON transcript(call_id, id)",
+)
+_NONCES = """CREATE TABLE nonces (
+    provider TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    seen_at {real} NOT NULL,
+    PRIMARY KEY (provider, nonce)
+)"""
+
+# m003: what every worker and instance must agree on.
+# holders: one row per serving process (a worker of an instance), alive while its lease
+# (expires_at) is in the future; slots: each held place under a provider's limit, a dial's
+# reservation (reserved_for = its call id) until its stream claims it; events: what one
+# process tells another (target NULL: every process); settings and secrets: shared values.
+_HOLDERS = """CREATE TABLE holders (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at {real} NOT NULL,
+    expires_at {real} NOT NULL
+)"""
+_SLOTS = """CREATE TABLE slots (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    reserved_for TEXT UNIQUE,
+    taken_at {real} NOT NULL
+)"""
+_EVENTS = """CREATE TABLE events (
+    id {serial_key},
+    kind TEXT NOT NULL,
+    target TEXT,
+    call_id TEXT,
+    data TEXT NOT NULL,
+    created_at {real} NOT NULL
+)"""
+_SETTINGS = "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL, changed_at {real} NOT NULL)"
+_SECRETS = "CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+_SHARED_INDEXES = (
+    "CREATE INDEX slots_provider ON slots(provider, holder)",
+    "CREATE INDEX slots_holder ON slots(holder)",
+    "CREATE INDEX events_created_at ON events(created_at)",
+    "CREATE INDEX calls_instance ON calls(instance, status)",
+)
+
+# AUTOINCREMENT: ids never reused, even after old events are pruned (readers remember the last).
+_SQLITE = {"real": "REAL", "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+_POSTGRES = {"real": "DOUBLE PRECISION", "serial_key": "BIGSERIAL PRIMARY KEY"}
+
+
+def _both(*statements: str) -> dict[str, tuple[str, ...]]:
+    return {
+        "sqlite": tuple(s.format(**_SQLITE) for s in statements),
+        "postgres": tuple(s.format(**_POSTGRES) for s in statements),
+    }
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # The calls table, their transcripts, and the indexes for lookups and newest-first lists.
+    Migration("m001_calls_and_transcripts", **_both(_CALLS, _TRANSCRIPT, *_INDEXES)),
+    # Which server carries each call, and the signature nonces already seen (replays refused).
+    Migration(
+        "m002_instances_and_nonces",
+        **_both(
+            "ALTER TABLE calls ADD COLUMN instance TEXT", _NONCES, "CREATE INDEX nonces_seen_at ON nonces(seen_at)"
+        ),
+    ),
+    # Slots, holders' leases, events between processes, live settings and shared secrets.
+    Migration("m003_shared_state", **_both(_HOLDERS, _SLOTS, _EVENTS, _SETTINGS, _SECRETS, *_SHARED_INDEXES)),
+)
