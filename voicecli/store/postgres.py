@@ -400,7 +400,7 @@ class PostgresCallStore:
                 f"""INSERT INTO holders (id, instance, host, pid, started_at, expires_at)
                     VALUES ($1, $2, $3, $4, {_NOW}, {_NOW} + $5)
                     ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, host = excluded.host,
-                        pid = excluded.pid, started_at = excluded.started_at, expires_at = excluded.expires_at""",
+                        pid = excluded.pid, expires_at = excluded.expires_at""",
                 holder.id,
                 holder.instance,
                 holder.host,
@@ -599,7 +599,7 @@ class PostgresCallStore:
                         name,
                         json.dumps(value),
                     )
-                await _publish(conn, "settings", None, None, {"names": sorted(changes)})
+                await _publish(conn, "settings", None, None, {"changed": sorted(changes)})
                 rows = await conn.fetch("SELECT name, value FROM settings ORDER BY name")
                 return {row["name"]: json.loads(row["value"]) for row in rows}
 
