@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -813,6 +814,18 @@ async def test_sqlite_migrations_are_recorded_and_run_once(db_path: Path) -> Non
         assert await again.get(record.id) == record
         await again.close()
     assert _schema(db_path)[0] == migrations  # same rows, same applied_at
+
+
+async def test_the_sqlite_file_is_private(db_path: Path) -> None:
+    store = await _opened(str(db_path))
+    await store.create(provider="twilio", agent="a", direction="inbound")
+    try:
+        files = sorted(db_path.parent.glob("calls.db*"))  # the -wal and -shm files take its mode
+        assert db_path in files and len(files) == 3, files
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    finally:
+        await store.close()
 
 
 async def test_sqlite_never_runs_on_the_event_loop_thread(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

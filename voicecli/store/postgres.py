@@ -160,6 +160,9 @@ class PostgresCallStore:
 
     @property
     def pool(self) -> asyncpg.Pool:
+        return self._check_open()
+
+    def _check_open(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError(f"call store {self.location} is not open")
         return self._pool
@@ -169,6 +172,7 @@ class PostgresCallStore:
         if self._pool is not None:
             return
         pool = await asyncpg.create_pool(self.url, min_size=1, max_size=5)
+        self._notified = asyncio.Event()  # of this open's event loop
         try:
             async with pool.acquire() as conn:
                 await self._migrate(conn)
@@ -204,6 +208,7 @@ class PostgresCallStore:
         if pool is None or self._pool is not pool:
             return  # never opened, or another close got here first
         self._pool = None
+        self._notified.set()  # a reader waiting for events returns, and finds the store closed
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             await listener.close()
@@ -213,7 +218,7 @@ class PostgresCallStore:
     async def _write(self, work: Callable[[], Awaitable[T]]) -> T:
         # Shielded, as SQLite's writes are: once handed over, a write happens even if the
         # caller is cancelled meanwhile (a session finishing its record during a second Ctrl-C).
-        self.pool  # noqa: B018 -- a closed store refuses before anything starts
+        self._check_open()  # a closed store refuses before anything starts
         task = asyncio.ensure_future(work())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
@@ -414,8 +419,8 @@ class PostgresCallStore:
 
         async def remove() -> None:
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("DELETE FROM slots WHERE holder = $1", holder)
                 await conn.execute("DELETE FROM holders WHERE id = $1", holder)
+                await conn.execute("DELETE FROM slots WHERE holder = $1", holder)
 
         await self._write(remove)
 
@@ -436,8 +441,8 @@ class PostgresCallStore:
 
         async def reap() -> int:
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("DELETE FROM slots WHERE holder = ANY($1::text[])", ids)
                 await conn.execute("DELETE FROM holders WHERE id = ANY($1::text[])", ids)
+                await conn.execute("DELETE FROM slots WHERE holder = ANY($1::text[])", ids)
                 return await _interrupt(conn, "instance = ANY($2::text[])", [ids], reason)
 
         return await self._write(reap) if ids else 0
@@ -447,6 +452,7 @@ class PostgresCallStore:
 
         async def sweep() -> int:
             async with self.pool.acquire() as conn, conn.transaction():
+                # Holders before slots, in every transaction here: one lock order, no deadlock.
                 await conn.execute(f"DELETE FROM holders WHERE expires_at <= {_NOW}")
                 # Slots of holders reaped here, or left behind by one that vanished.
                 await conn.execute("DELETE FROM slots WHERE NOT EXISTS (SELECT 1 FROM holders h WHERE h.id = holder)")
@@ -547,7 +553,7 @@ class PostgresCallStore:
 
         Meant for one reader per store: it reads `events_after` each time this returns.
         """
-        self.pool  # noqa: B018 -- a closed store refuses
+        self._check_open()
         if self._listener is None or self._listener.is_closed():
             await self._listen()
         try:
