@@ -238,7 +238,7 @@ class Settings:
 
     @property
     def stored(self) -> Mapping[str, Any]:
-        """The store layer in this merge: validated values by name."""
+        """The store layer in this merge, by name (after `check_store_changes`: the parsed values)."""
         return self.layers.store
 
     def get(self, name: str) -> Any:
@@ -302,8 +302,8 @@ class Settings:
 def read_at_start_up(spec: Setting) -> str:
     """Why a file-only setting cannot change through the store, and where to set it."""
     return (
-        f"{spec.name} is read at start-up: set it in voicecli.toml (voicecli config set {spec.name} VALUE),"
-        f" the environment ({spec.env_name}) or a flag; a restart of voicecli serve applies it"
+        f"{spec.name} is read at start-up: set it in voicecli.toml (voicecli config set {spec.name} VALUE)"
+        f" or the environment ({spec.env_name}); a restart of voicecli serve applies it"
     )
 
 
