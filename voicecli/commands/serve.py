@@ -67,19 +67,11 @@ def serve(
     from voicecli.console import stdout
     from voicecli.server import event_loop_factory
     from voicecli.server import serve as run_server
-    from voicecli.server_state import ServerState
+    from voicecli.server_state import build_state
     from voicecli.session import warm_up
-    from voicecli.state import DB_FILE, api_token, stream_secret
-    from voicecli.store import SQLiteCallStore
     from voicecli.tunnel import Tunnel, announce_webhooks, open_tunnel
 
-    state = ServerState(
-        settings=settings,
-        agents=agents,
-        store=SQLiteCallStore(settings.state_dir / DB_FILE),
-        secret=stream_secret(settings.state_dir, settings.env.get("VOICECLI_SECRET")),
-        api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
-    )
+    state = build_state(settings, agents)
     warm_up(agents.values(), settings.env)
     opened: list[Tunnel] = []
 
