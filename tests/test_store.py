@@ -677,7 +677,7 @@ async def test_waiting_for_events_without_any_takes_about_the_wait(store: CallSt
 
 
 async def _waiting(store: CallStore, within_s: float) -> asyncio.Task[None]:
-    await store.wait_for_events(0.05)  # connected and listening, and any pending wake-up spent
+    await store.wait_for_events(5)  # returns once listening (connecting wakes it), wake-up spent
     waiting = asyncio.create_task(store.wait_for_events(within_s))
     await asyncio.sleep(0.2)
     assert not waiting.done(), "returned with nothing published"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import astuple, replace
@@ -150,6 +151,8 @@ class PostgresCallStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._notified = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None  # the listener connection, being made
+        self._listen_again_at = 0.0  # after a failed attempt, when to try again (monotonic)
         self._writes: set[asyncio.Task[Any]] = set()
         self._transcript_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -209,6 +212,10 @@ class PostgresCallStore:
             return  # never opened, or another close got here first
         self._pool = None
         self._notified.set()  # a reader waiting for events returns, and finds the store closed
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is not None and not listener.is_closed():
             await listener.close()
@@ -554,8 +561,10 @@ class PostgresCallStore:
         Meant for one reader per store: it reads `events_after` each time this returns.
         """
         self._check_open()
-        if self._listener is None or self._listener.is_closed():
-            await self._listen()
+        lost = self._listener is None or self._listener.is_closed()
+        if lost and self._connecting is None and time.monotonic() >= self._listen_again_at:
+            # In the background: a wait never takes longer than `within_s`, even with no server.
+            self._connecting = asyncio.create_task(self._listen())
         try:
             await asyncio.wait_for(self._notified.wait(), within_s)
         except TimeoutError:
@@ -566,15 +575,18 @@ class PostgresCallStore:
         self._listener = None
         try:
             listener = await asyncpg.connect(self.url, timeout=LEASE_S / 2)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            # Polling still works meanwhile; the next wait tries again.
+            try:
+                await listener.add_listener(_CHANNEL, lambda *_: self._notified.set())
+            except BaseException:
+                listener.terminate()
+                raise
+        except Exception as exc:  # whatever stops it, the reader falls back on polling
+            # Polling still works meanwhile; try again later, not on every poll.
             logger.warning(f"cannot listen for events on {self.location} ({exc}); polling instead")
+            self._listen_again_at = time.monotonic() + LEASE_S
             return
-        try:
-            await listener.add_listener(_CHANNEL, lambda *_: self._notified.set())
-        except BaseException:
-            listener.terminate()
-            raise
+        finally:
+            self._connecting = None
         # A lost connection wakes the reader too; the next wait connects again.
         listener.add_termination_listener(lambda _: self._notified.set())
         self._listener = listener
