@@ -23,8 +23,10 @@ from voicecli.store import LEASE_S, RENEW_S, Event, Holder, SQLiteCallStore
 if TYPE_CHECKING:
     from voicecli.store import CallStore
 
-# How often a process looks for events when the store cannot wake it (SQLite).
-EVENT_POLL_S = 0.25
+# How often a process looks for events: SQLite cannot wake it; PostgreSQL's NOTIFY does, so
+# its poll is only the fallback should a notification be missed.
+SQLITE_POLL_S = 0.25
+NOTIFY_POLL_S = 5.0
 DEAD_REASON = "its server stopped unexpectedly"
 
 
@@ -81,6 +83,7 @@ class Membership:
         self._keeper: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_event = 0
+        self._poll_s = SQLITE_POLL_S if isinstance(store, SQLiteCallStore) else NOTIFY_POLL_S
 
     async def start(self, recover: bool) -> None:
         """Join the store; with `recover`, end the calls of servers that are gone (start-up recovery)."""
@@ -134,7 +137,7 @@ class Membership:
                         await outcome
                 except Exception:
                     logger.exception(f"event {event.kind} could not be handled")
-            await self.store.wait_for_events(EVENT_POLL_S)
+            await self.store.wait_for_events(self._poll_s)
 
     def _lapsed(self) -> None:
         asyncio.create_task(self._rejoin())

@@ -81,7 +81,37 @@ def _why(exc: BaseException) -> str:
 NET_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
-# --- server, tunnel, public URL ---------------------------------------------------------------
+# --- the store, server, tunnel, public URL ----------------------------------------------------
+
+
+async def check_store(ctx: Context) -> Check:
+    """The store opens, and its settings layer is what the later checks see."""
+    from voicecli.errors import SettingsError, VoicecliError
+    from voicecli.settings import opened_store
+    from voicecli.state import DB_FILE
+
+    name = "store"
+    settings = ctx.settings
+    if not settings.database_url and not (settings.state_dir / DB_FILE).is_file():
+        return ok(name, f"none yet: the first voicecli serve creates {settings.state_dir / DB_FILE}")
+    fix = "check database_url (voicecli config get database_url) and that the database accepts this machine"
+    try:
+        async with asyncio.timeout(NET_TIMEOUT_S), opened_store(settings) as store:
+            stored = await store.stored_settings()
+            serving = [h for h in await store.holders() if not h.expired]
+            where = store.location
+    except TimeoutError:
+        return fail(name, f"the store did not open within {NET_TIMEOUT_S:g} s", fix)
+    except VoicecliError as exc:
+        return fail(name, str(exc), fix)
+    except Exception as exc:  # the driver's own errors: refused login, unknown database
+        return fail(name, f"cannot open the store: {type(exc).__name__}: {exc}", fix)
+    try:
+        ctx.settings = settings.with_store(stored)
+    except SettingsError as exc:
+        return fail(name, str(exc), "voicecli config set (or unset) the setting it names")
+    instances = {h.instance for h in serving}
+    return ok(name, f"{where}: {len(serving)} serving process(es) in {len(instances)} instance(s)")
 
 
 async def check_server(ctx: Context) -> Check:
@@ -265,12 +295,14 @@ async def run_checks(settings: Settings, agents_dir: Path, agent_api: str | None
     """Every check, in checklist order."""
     from voicecli.providers import PROVIDERS, load_provider
 
-    providers = [load_provider(name, settings) for name in PROVIDERS]
     api = (agent_api or recorded_agent_api(settings.state_dir) or DEFAULT_AGENT_API).rstrip("/")
     timeout = aiohttp.ClientTimeout(total=NET_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         ctx = Context(settings, agents_dir, http, api, public_url=settings.public_base_url)
-        # The server first: its PUBLIC_BASE_URL (perhaps a tunnel's, for this run) is the one in force.
+        # The store first (its settings layer), then the server: its PUBLIC_BASE_URL (perhaps a
+        # tunnel's, for this run) is the one in force.
+        store = await check_store(ctx)
+        providers = [load_provider(name, ctx.settings) for name in PROVIDERS]
         server = await check_server(ctx)
         tunnel = await check_tunnel(ctx)
         rest = await asyncio.gather(
@@ -278,7 +310,7 @@ async def run_checks(settings: Settings, agents_dir: Path, agent_api: str | None
             *(check_credentials(ctx, provider) for provider in providers),
             *(check_number(ctx, provider) for provider in providers),
         )
-    return [server, tunnel, check_public_url(ctx), *filter(None, rest), *check_agents(ctx)]
+    return [store, server, tunnel, check_public_url(ctx), *filter(None, rest), *check_agents(ctx)]
 
 
 def failed(checks: list[Check]) -> bool:

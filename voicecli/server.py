@@ -18,8 +18,10 @@ from voicecli.state import ServerInfo, forget_server, record_server
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while taking calls; 503 while draining, so a load balancer sends new calls elsewhere."""
     calls = request.app[STATE].calls
-    return web.json_response({"ok": True, "draining": calls.draining, "active_calls": len(calls.live)})
+    body = {"ok": not calls.draining, "draining": calls.draining, "active_calls": len(calls.live)}
+    return web.json_response(body, status=503 if calls.draining else 200)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -71,7 +71,8 @@ class ServerState:
         """Open the store, take the shared secrets, join the cluster, load the live settings."""
         self.secret, self.api_token = await open_shared(self.settings, self.store)
         await self.membership.start(recover=self.recover)
-        await self.reload_settings()
+        # At start-up a bad stored value stops the server with its message; later, it is logged.
+        self.apply_settings(self.settings.with_store(await self.store.stored_settings()))
 
     async def stop(self) -> None:
         self.calls.cancel_timers()
@@ -83,8 +84,6 @@ class ServerState:
         from voicecli.errors import SettingsError
 
         stored = await self.store.stored_settings()
-        if not stored and not hasattr(self.settings, "with_store"):
-            return  # FIXME(settings layers): drop once Settings.with_store lands
         try:
             self.apply_settings(self.settings.with_store(stored))
         except SettingsError as exc:

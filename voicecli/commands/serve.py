@@ -82,7 +82,7 @@ def serve(
             # reaches us from loopback and names the real client in X-Forwarded-For.
             trusted = ",".join(filter(None, (state.settings.trusted_proxies, "127.0.0.1/32", "::1/128")))
             changes = {"public_base_url": opened[0].public_url, "trusted_proxies": trusted}
-            state.apply_settings(state.settings.with_file_changes(changes))
+            state.apply_settings(state.settings.with_flags(changes))
         print_banner(state, url, tunnel=opened[0].public_url if opened else None)
         if update_webhook:
             for line in await announce_webhooks(state.settings, next(iter(agents))):

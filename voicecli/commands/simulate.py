@@ -38,10 +38,11 @@ def simulate(
     from voicecli.client import choose_agent, connect
     from voicecli.console import stdout
     from voicecli.render import call_detail
-    from voicecli.settings import load_settings, validate_value
+    from voicecli.settings import load_settings, load_store_layer, validate_value
     from voicecli.simulator import RATE, build_steps, simulate_call
 
-    settings = load_settings(config_path=config)
+    # The store's layer too: a provider chosen with `config set` is the default here as well.
+    settings = asyncio.run(load_store_layer(load_settings(config_path=config)))
     client = connect(settings, server)
     provider = validate_value("provider", provider) if provider else settings.provider
     agent = choose_agent(client.get("/api/status")["agents"], agent)

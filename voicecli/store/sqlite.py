@@ -192,7 +192,8 @@ def _join(db: sqlite3.Connection, holder: Holder) -> None:
         db.execute(
             f"""INSERT INTO holders (id, instance, host, pid, started_at, expires_at)
                 VALUES (?, ?, ?, ?, {_NOW}, {_NOW} + ?)
-                ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at""",
+                ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, host = excluded.host,
+                    pid = excluded.pid, expires_at = excluded.expires_at""",
             (holder.id, holder.instance, holder.host, holder.pid, LEASE_S),
         )
 
