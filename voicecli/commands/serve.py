@@ -84,7 +84,7 @@ def serve(
             trusted = ",".join(filter(None, (state.settings.trusted_proxies, "127.0.0.1/32", "::1/128")))
             changes = {"public_base_url": opened[0].public_url, "trusted_proxies": trusted}
             state.apply_settings(state.settings.with_file_changes(changes))
-        print_banner(state, url, tunnel=opened[0].public_url if opened else None)
+        print_banner(state, url, tunnel=opened[0].public_url if opened else None, workers=count)
         if update_webhook:
             for line in await announce_webhooks(state.settings, next(iter(agents))):
                 stdout().print(line, soft_wrap=True)
