@@ -79,11 +79,9 @@ def main() -> None:
     from voicecli import logs
     from voicecli.agents import load_agents, require_keys
     from voicecli.server import create_app
-    from voicecli.server_state import ServerState
+    from voicecli.server_state import build_state
     from voicecli.session import warm_up
     from voicecli.settings import load_settings
-    from voicecli.state import DB_FILE, api_token, stream_secret
-    from voicecli.store import SQLiteCallStore
 
     project = args.project or Path(tempfile.mkdtemp(prefix="voicecli-bench-"))
     write_project(project, args.fake_url)
@@ -98,13 +96,7 @@ def main() -> None:
     settings = load_settings(project, environ={"TWILIO_MAX_CONCURRENT": "10000"})
     agents = load_agents(project / "agents", [name])
     require_keys(agents, settings.env)
-    state = ServerState(
-        settings=settings,
-        agents=agents,
-        store=SQLiteCallStore(settings.state_dir / DB_FILE),
-        secret=stream_secret(settings.state_dir, None),
-        api_token=api_token(settings.state_dir, None),
-    )
+    state = build_state(settings, agents)
     warm_up(agents.values(), settings.env)
     if args.as_committed:
         _committed_media_path()

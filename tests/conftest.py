@@ -15,10 +15,8 @@ from aiohttp.test_utils import TestServer
 from voicecli.agents import load_agents
 from voicecli.lifecycle import Timeouts
 from voicecli.server import create_app
-from voicecli.server_state import ServerState
+from voicecli.server_state import ServerState, build_state
 from voicecli.settings import Settings, load_settings
-from voicecli.state import DB_FILE, api_token, stream_secret
-from voicecli.store import SQLiteCallStore
 
 REPO = Path(__file__).resolve().parent.parent
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
@@ -149,14 +147,7 @@ async def start_server(project: Path) -> AsyncIterator[StartServer]:
 
     async def start(agents: list[str] | None = None, timeouts: Timeouts | None = None, **env: str) -> RunningServer:
         settings = make_settings(project, **env)
-        state = ServerState(
-            settings=settings,
-            agents=load_agents(project / "agents", agents or ["demo"]),
-            store=SQLiteCallStore(settings.state_dir / DB_FILE),
-            secret=stream_secret(settings.state_dir, settings.env.get("VOICECLI_SECRET")),
-            api_token=api_token(settings.state_dir, settings.env.get("VOICECLI_API_TOKEN")),
-            timeouts=timeouts or Timeouts(),
-        )
+        state = build_state(settings, load_agents(project / "agents", agents or ["demo"]), timeouts=timeouts)
         server = TestServer(create_app(state), host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import wave
 
+import aiohttp
 import pytest
 
-from tests.processes import run_voicecli
+from tests.conftest import REPO
+from tests.processes import CLEAN_ENV, run_voicecli
 from voicecli import __version__
+from voicecli.state import ServerInfo, record_server
+
+# The child runs the voicecli these tests import (this checkout), whatever is installed.
+CHECKOUT_ENV = {**CLEAN_ENV, "PYTHONPATH": str(REPO)}
 
 
 async def test_simulate_calls_the_agent_and_writes_what_the_caller_heard(project, start_server) -> None:
@@ -74,9 +81,50 @@ async def test_calls_without_a_server_says_how_to_start_one(project) -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["config", "list"], ["calls", "--json"]])
 async def test_commands_that_run_no_calls_import_no_pipecat(project, args) -> None:
-    code, out, err = await run_voicecli(project, *args, python_flags=("-X", "importtime"))
+    code, out, err = await run_voicecli(project, *args, python_flags=("-X", "importtime"), env=CHECKOUT_ENV)
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
     assert imported, "importtime printed nothing"
     assert not [m for m in imported if m.startswith(("pipecat", "torch", "onnxruntime", "numpy"))]
     if args == ["--version"]:
         assert out.strip() == f"voicecli {__version__}"
+
+
+async def test_config_set_without_a_server_writes_the_store_another_process_reads(project) -> None:
+    code, out, err = await run_voicecli(project, "config", "set", "provider", "vobiz", env=CHECKOUT_ENV)
+    assert code == 0, err
+    assert "saved in the store" in out and str(project / ".voicecli" / "calls.db") in out
+    env = {**CHECKOUT_ENV, "TELEPHONY_PROVIDER": "exotel"}
+    code, out, err = await run_voicecli(project, "config", "list", python_flags=("-X", "importtime"), env=env)
+    assert code == 0, err
+    [row] = [line.split() for line in out.splitlines() if line.split()[:2] == ["│", "provider"]]
+    assert row[3] == "vobiz" and row[5] == "store"  # the store beats the environment
+    assert "voicecli.store" in err and "pipecat" not in err  # reading the store stays light
+
+
+async def test_config_set_with_a_server_running_changes_it_live_and_it_survives_a_restart(
+    project, start_server
+) -> None:
+    server = await start_server()
+    record_server(server.state.settings.state_dir, ServerInfo(server.url, os.getpid(), ["demo"]))
+    code, out, err = await run_voicecli(project, "config", "set", "twilio_max_concurrent", "3", env=CHECKOUT_ENV)
+    assert code == 0, err
+    assert out.strip() == "twilio_max_concurrent = 3  (saved in the store; the running server uses it now)"
+    assert server.state.provider("twilio").max_concurrent == 3
+    async with aiohttp.ClientSession(headers=server.headers) as http:
+        async with http.get(server.url + "/api/settings/telephony") as resp:
+            assert (await resp.json())["twilio_max_concurrent"] == 3
+        # File-only: the server refuses it, so config set writes voicecli.toml and says when it applies.
+        code, out, err = await run_voicecli(
+            project, "config", "set", "twilio_api_base", "http://127.0.0.1:9", env=CHECKOUT_ENV
+        )
+        assert code == 0, err
+        assert "voicecli.toml; a restart of voicecli serve applies it" in out
+        assert server.state.settings.twilio_api_base == "https://api.twilio.com"
+
+        again = await start_server()  # a restart: a new server on the same project
+        async with http.get(again.url + "/api/settings/telephony", headers=again.headers) as resp:
+            assert (await resp.json())["twilio_max_concurrent"] == 3
+
+    code, out, err = await run_voicecli(project, "config", "set", "provider", "skype", env=CHECKOUT_ENV)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "bad value for provider" in err

@@ -78,12 +78,20 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """What this server serves and each provider's active calls against its limit."""
+    """What this server serves, and each provider's active calls on every worker and instance
+    (dials waiting for their stream included) against its limit."""
     state = request.app[STATE]
     from voicecli.providers import PROVIDERS
+    from voicecli.store import SlotCount
 
+    counts = await state.limiter.counts()
     providers = {
-        name: {"active": state.limiter.in_use(name), "limit": state.provider(name).max_concurrent} for name in PROVIDERS
+        name: {
+            "active": counts.get(name, SlotCount()).held,
+            "dialling": counts.get(name, SlotCount()).reserved,
+            "limit": state.provider(name).max_concurrent,
+        }
+        for name in PROVIDERS
     }
     return web.json_response(
         {
@@ -91,6 +99,7 @@ async def status(request: web.Request) -> web.Response:
             "default_provider": state.settings.provider,
             "providers": providers,
             "draining": state.calls.draining,
+            "instance": state.instance,
         }
     )
 

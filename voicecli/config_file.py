@@ -1,4 +1,8 @@
-"""Writing voicecli.toml: what the user set through voicecli, kept readable and private."""
+"""Writing voicecli.toml: the file-only settings `config set` keeps there, readable and private.
+
+Everything else `config set` changes goes to the store (live on every server); values an
+earlier voicecli wrote here keep applying, under the store.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ import tomli_w
 from voicecli.settings import SETTINGS, read_config_file, validate_value
 from voicecli.state import write_private
 
-HEADER = "# Set through `voicecli config set` or the settings API; safe to edit by hand.\n"
+HEADER = (
+    "# Read at start-up; safe to edit by hand. `voicecli config set` writes the file-only settings here\n"
+    "# (database_url, workers, *_api_base) and the rest to the store, which wins over this file.\n"
+)
 
 
 def update_config_file(path: Path, changes: Mapping[str, Any]) -> dict[str, Any]:

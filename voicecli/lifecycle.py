@@ -32,7 +32,7 @@ from voicecli import urls
 from voicecli.errors import ProviderError
 from voicecli.limits import Slot, UnprovenCap
 from voicecli.providers.base import DialRequest, InboundCall, StatusUpdate, StreamCall, StreamMessages, WebhookRejected
-from voicecli.store import TERMINAL_STATUSES, CallRecord, new_call_id
+from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, new_call_id
 from voicecli.store.records import parse_iso
 from voicecli.tokens import TokenScope, make_token, verify_token
 
@@ -47,6 +47,8 @@ SOFT_MESSAGE_LIMIT = 256 * 1024
 HARD_MESSAGE_LIMIT = 4 * 1024 * 1024
 # Vobiz's nonces carry no time: each is refused a second time for this long.
 NONCE_KEEP_S = 30 * 24 * 3600
+# The event a status callback sends to the process carrying the call it ends.
+PROVIDER_ENDED = "provider-ended"
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,7 @@ class CallOwner:
 
     async def _end_waiting(self, call_id: str, status: str, reason: str) -> None:
         """A call still waiting for its stream ends (no stream came, or it was never answered)."""
-        slot = self.state.limiter.claim(call_id)
-        if slot is not None:
-            slot.release()
+        await self.state.limiter.release_reservation(call_id)
         record = await self.state.store.get(call_id)
         if record and record.status in ("queued", "ringing"):
             await self.state.store.finish(call_id, status, reason)  # type: ignore[arg-type]
@@ -199,7 +199,7 @@ class CallOwner:
                 to_number=inbound.to_number,
                 provider_call_id=known,
                 status="ringing",
-                instance=self.state.instance,
+                instance=self.state.holder,
             )
         finally:
             self._waiting_ids.discard(known or "")
@@ -218,7 +218,7 @@ class CallOwner:
         if missing:
             raise CallRefused(400, f"{provider_name} cannot dial out: set {', '.join(missing)}")
         call_id = new_call_id()
-        slot = self.state.limiter.try_acquire(provider_name, call_id=call_id)
+        slot = await self.state.limiter.take(provider_name, reserve=call_id)
         if slot is None:
             limit = provider.max_concurrent
             raise CallRefused(429, f"{provider_name} is at its limit of {limit} concurrent calls (active and dialling)")
@@ -232,7 +232,7 @@ class CallOwner:
                 from_number=provider.caller_id(from_number),
                 to_number=phone,
                 status="queued",
-                instance=self.state.instance,
+                instance=self.state.holder,
             )
             request = DialRequest(
                 to_number=phone,
@@ -244,12 +244,12 @@ class CallOwner:
             )
             provider_call_id = await provider.dial(self.state.require_http(), request)
         except ProviderError as exc:
-            slot.release()
+            await slot.release()
             failed = await self.state.store.finish(call_id, "failed", str(exc))
             log.warning(f"dial failed: {exc}")
             raise CallRefused(502, str(exc), failed) from None
         except BaseException:
-            slot.release()
+            await asyncio.shield(slot.release())
             await asyncio.shield(self.state.store.finish(call_id, "failed", "dial failed inside voicecli"))
             raise
         record = await self.state.store.update(call_id, provider_call_id=provider_call_id) or record
@@ -286,6 +286,10 @@ class CallOwner:
         if update.status in TERMINAL_STATUSES:
             if live and live.session:
                 await live.session.provider_ended(update.status, update.reason)  # type: ignore[arg-type]
+            elif not live and record.status == "in-progress" and record.instance not in (None, self.state.holder):
+                # The stream runs on another worker or instance: tell the one carrying it.
+                data = {"status": update.status, "reason": update.reason}
+                await store.publish(PROVIDER_ENDED, target=record.instance, call_id=record.id, data=data)
             elif not live:
                 await self._end_waiting(record.id, update.status, update.reason)
         elif update.status in ("queued", "ringing"):
@@ -295,6 +299,23 @@ class CallOwner:
             return self.stream_call(record)
         return None
 
+    async def on_event(self, event: Event) -> None:
+        """An event another process sent about a call this one carries."""
+        live = self.live.get(event.call_id or "")
+        if event.kind == PROVIDER_ENDED and live and live.session:
+            status, reason = event.data.get("status"), event.data.get("reason")
+            if status in TERMINAL_STATUSES and isinstance(reason, str):
+                await live.session.provider_ended(status, reason)  # type: ignore[arg-type]
+
+    async def lease_lapsed(self) -> None:
+        """This process lost its lease: others may already have given its slots to new calls.
+        End every call it carries rather than let a provider run over its limit."""
+        if self.live:
+            logger.error(f"lost the lease on the store: ending {len(self.live)} call(s) so no limit is exceeded")
+        for call in list(self.live.values()):
+            if call.session:
+                await call.session.cut("this server lost its lease on the store")
+
     # --- media streams -----------------------------------------------------------------
     async def stream(self, request: web.Request, provider_name: str, agent: str) -> web.StreamResponse:
         """A provider opens a media WebSocket: admit it (README, "Admission"), then run the call."""
@@ -302,7 +323,7 @@ class CallOwner:
         provider = state.provider(provider_name)
         deadline = time.monotonic() + self.timeouts.start_s
         signed = provider.check_upgrade(request, state.public_url(request))  # raises 403 when forged
-        if not state.limiter.may_upgrade(provider_name):
+        if not await state.limiter.may_upgrade(provider_name):
             limit = provider.max_concurrent
             logger.warning(f"{provider_name} stream refused: {limit} concurrent calls already")
             raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its limit of {limit} concurrent calls\n")
@@ -314,15 +335,15 @@ class CallOwner:
             call_id = verify_token(state.secret, token, provider_name, agent, time.time())
             if call_id is None:
                 raise web.HTTPForbidden(text="invalid or expired stream token\n")
-            slot = self._take_slot(provider_name, call_id)
+            slot = await state.limiter.take(provider_name, claim=call_id)
             if slot is None:
                 await self._lost_race(provider_name, call_id)
                 raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its concurrency limit\n")
         elif signed:
             # Twilio sent it: a slot now, unless only a dialled call's reservation is left,
             # which its token (in `start`) will claim.
-            slot = self._take_slot(provider_name, None)
-            if slot is None and not state.limiter.reserved(provider_name):
+            slot = await state.limiter.take(provider_name)
+            if slot is None and not (await state.limiter.counts()).get(provider_name, SlotCount()).reserved:
                 raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its concurrency limit\n")
         else:
             client = client_address(request, state.settings.trusted_proxies)
@@ -343,16 +364,11 @@ class CallOwner:
             if client is not None:
                 self.unproven.leave(client)
             if slot is not None:
-                slot.release()
+                await asyncio.shield(slot.release())
             self._leave(handshake)
         if admitted is not None:
             await self._run(admitted, agent, messages)
         return ws
-
-    def _take_slot(self, provider: str, call_id: str | None) -> Slot | None:
-        """The dial's reservation for `call_id`, else a new slot if there is room (no await)."""
-        reserved = self.state.limiter.claim(call_id) if call_id else None
-        return reserved or self.state.limiter.try_acquire(provider)
 
     async def _lost_race(self, provider: str, call_id: str) -> None:
         limit = self.state.provider(provider).max_concurrent
@@ -395,12 +411,12 @@ class CallOwner:
         elif call_id is None and (self.draining or not provider.stream_token_fallback(request, start)):
             return await refuse(WSCloseCode.POLICY_VIOLATION, "missing stream token")
         if slot is None:
-            slot = self._take_slot(name, call_id)
+            slot = await self.state.limiter.take(name, claim=call_id)
             if slot is None:
                 if call_id:
                     await self._lost_race(name, call_id)
                 return await refuse(WSCloseCode.TRY_AGAIN_LATER, f"{name} is at its concurrency limit")
-        store, instance = self.state.store, self.state.instance
+        store, instance = self.state.store, self.state.holder
         try:
             if call_id is None:  # Exotel's static stream URL: the call begins here
                 record = await store.create(
@@ -418,11 +434,11 @@ class CallOwner:
                     call_id, provider=name, agent=agent, instance=instance, provider_call_id=start.provider_call_id
                 )
                 if claimed is None:
-                    slot.release()
+                    await slot.release()
                     return await refuse(WSCloseCode.POLICY_VIOLATION, "stream token already used, or its call ended")
                 record = claimed
         except BaseException:
-            slot.release()
+            await asyncio.shield(slot.release())
             raise
         if start.provider_call_id and record.provider_call_id not in (None, start.provider_call_id):
             logger.bind(call_id=record.id).warning(
@@ -492,7 +508,7 @@ class CallOwner:
         finally:
             # Slot and record before the socket closes: whoever sees the close sees them done.
             try:
-                call.slot.release()
+                await call.slot.release()
                 await self.state.store.finish(call.call_id, status, reason)  # type: ignore[arg-type]
             finally:
                 await self._close(call.ws)
@@ -569,9 +585,3 @@ class CallOwner:
         await asyncio.wait(waits, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
             wait.cancel()
-
-    async def recover(self, running: list[str]) -> None:
-        """At start-up, once the port is bound: end the live calls of servers that are gone."""
-        interrupted = await self.state.store.mark_interrupted(live_instances=running)
-        if interrupted:
-            logger.warning(f"{interrupted} call(s) left open by a server that was killed: marked interrupted")

@@ -15,7 +15,7 @@ from loguru import logger
 
 from voicecli import api, outbound, settings_api, telephony
 from voicecli.server_state import STATE, ServerState
-from voicecli.state import ServerInfo, forget_server, read_servers, record_server
+from voicecli.state import ServerInfo, forget_server, record_server
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -25,12 +25,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    await state.store.open()
+    await state.start()
     state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     yield
-    state.calls.cancel_timers()
     await state.http.close()
-    await state.store.close()
+    await state.stop()
 
 
 def setup_routes(app: web.Application) -> None:
@@ -96,11 +95,9 @@ async def serve(
     bound_port = runner.addresses[0][1] if runner.addresses else port
     url = f"http://{host}:{bound_port}"
     state_dir = state.settings.state_dir
-    # Only a server that got its port joins the list, and only then repairs the records of
-    # servers that are gone: a second `serve` that fails to bind disturbs nothing.
+    # Only a server that got its port joins the list the CLI reads.
     if record:
         record_server(state_dir, ServerInfo(url, os.getpid(), sorted(state.agents), state.instance))
-        await state.calls.recover([info.instance for info in read_servers(state_dir)])
 
     stop, force = asyncio.Event(), asyncio.Event()
 

@@ -1,8 +1,9 @@
 """Settings: one declared table, merged in one place, validated once, frozen.
 
-Order, lowest to highest: built-in defaults; the environment (`.env` in the project
-directory, then the process environment); `voicecli.toml` (what the user set through
-voicecli itself: `config set`, the settings API); command-line flags.
+Layers, lowest to highest: built-in defaults; the environment (`.env` in the project
+directory, then the process environment); `voicecli.toml` (edited by hand, and where
+`config set` puts the file-only settings); the store (what `config set` and the settings
+API change: shared by every process, live, surviving restarts); command-line flags.
 Code below this module never reads `os.environ`: it gets a `Settings`.
 """
 
@@ -11,15 +12,19 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from voicecli.errors import SettingsError
+from voicecli.errors import SettingsError, VoicecliError
 
-Source = Literal["default", "environment", "file", "flag"]
+if TYPE_CHECKING:
+    from voicecli.store import CallStore
+
+Source = Literal["default", "environment", "file", "store", "flag"]
 
 CONFIG_FILE = "voicecli.toml"
 STATE_DIR = ".voicecli"
@@ -76,6 +81,23 @@ def _as_database_url(value: Any) -> str:
     return text
 
 
+def hide_password(url: Any) -> Any:
+    """A database URL fit to show: its password (in the address or the query) as ****."""
+    if not isinstance(url, str) or not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:****@{host}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        shown = urlencode([(key, "****" if key == "password" else value) for key, value in query], safe="*")
+    else:
+        shown = parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))
+
+
 def _as_workers(value: Any) -> int | str:
     text = str(value).strip().lower()
     if text == "auto":
@@ -115,10 +137,18 @@ class Setting:
     # Read once at start-up (where the store is, how many processes): voicecli.toml, the
     # environment or a flag only; the settings API refuses them, a restart applies them.
     file_only: bool = False
+    # How a secret is shown (default: `mask`); a URL keeps everything but its password.
+    show: Callable[[Any], Any] | None = None
 
     @property
     def env_name(self) -> str:
         return self.env or self.name.upper()
+
+    def shown(self, value: Any) -> Any:
+        """The value fit for a terminal or an API answer: secrets masked."""
+        if value is None or not self.secret:
+            return value
+        return (self.show or mask)(value)
 
 
 _HTTP = _as_url("http", "https")
@@ -157,6 +187,7 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
         env="VOICECLI_DATABASE_URL",
         file_only=True,
+        show=hide_password,
     ),
     Setting(
         "workers",
@@ -173,9 +204,18 @@ BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 ENV_ONLY = ("VOICECLI_SECRET", "VOICECLI_API_TOKEN", "VOICECLI_CONFIG", "NGROK_AUTHTOKEN")
 
 
+class Layers(NamedTuple):
+    """What a merge starts from, lowest to highest (defaults come from SETTINGS)."""
+
+    env: Mapping[str, str] = {}
+    file: Mapping[str, Any] = {}
+    store: Mapping[str, Any] = {}
+    flags: Mapping[str, Any] = {}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The merged, validated settings in force; never mutated (see with_file_changes)."""
+    """The merged, validated settings in force; never mutated (see with_store, with_flags)."""
 
     project_dir: Path
     config_path: Path
@@ -183,8 +223,8 @@ class Settings:
     sources: Mapping[str, Source]
     # Service keys (OPENAI_API_KEY, ...) and environment-only values, by variable name.
     env: Mapping[str, str] = field(default_factory=dict)
-    # What the merge started from, so a change to the file can be merged again the same way.
-    layers: tuple[Mapping[str, str], Mapping[str, Any], Mapping[str, Any]] = ({}, {}, {})
+    # What the merge started from, so a change to one layer can be merged again the same way.
+    layers: Layers = Layers()
 
     def __getattr__(self, name: str) -> Any:
         # Declared settings read as attributes: settings.twilio_auth_token.
@@ -196,28 +236,75 @@ class Settings:
     def state_dir(self) -> Path:
         return self.project_dir / STATE_DIR
 
+    @property
+    def stored(self) -> Mapping[str, Any]:
+        """The store layer in this merge, by name (after `check_store_changes`: the parsed values)."""
+        return self.layers.store
+
     def get(self, name: str) -> Any:
         return self.values[name]
 
     def masked(self) -> dict[str, Any]:
         """All declared settings with secrets masked, for display and the API."""
-        return {s.name: mask(self.values[s.name]) if s.secret else self.values[s.name] for s in SETTINGS}
+        return {s.name: s.shown(self.values[s.name]) for s in SETTINGS}
 
-    def with_file_changes(self, changes: Mapping[str, Any]) -> Settings:
-        """The settings after these changes to voicecli.toml (None removes a key), validated.
+    def with_store(self, values: Mapping[str, Any]) -> Settings:
+        """The same settings with the store layer replaced by `values`, merged and validated.
 
-        The environment and flags still apply as at start-up, so unsetting a key brings back
-        the environment's value, not the built-in default.
+        Names the store may hold from another version (gone, or file-only now) are ignored:
+        a value there must never keep a server from starting or from taking a change.
         """
-        env, file_values, flags = self.layers
-        new_file = dict(file_values)
+        layer = {
+            name: value
+            for name, value in values.items()
+            if name in BY_NAME and not BY_NAME[name].file_only and value is not None
+        }
+        return self._merged(store=layer)
+
+    def check_store_changes(self, changes: Mapping[str, Any]) -> Settings:
+        """The settings after these changes to the store layer (None removes a name), validated.
+
+        Refuses unknown and file-only names. The values in the result's `stored` are the
+        validated ones (`"7"` becomes 7): what to write to the store.
+        """
+        layer = dict(self.layers.store)
+        for name, value in changes.items():
+            spec = setting(name)
+            if spec.file_only:
+                raise SettingsError(read_at_start_up(spec))
+            if value is None:
+                layer.pop(name, None)
+            else:
+                layer[name] = _parse(spec, value, "flag")
+        return self._merged(store=layer)
+
+    def with_flags(self, changes: Mapping[str, Any]) -> Settings:
+        """The settings with these values as if given as flags, for this run only (None drops one)."""
+        flags = dict(self.layers.flags)
         for name, value in changes.items():
             setting(name)
             if value is None:
-                new_file.pop(name, None)
+                flags.pop(name, None)
             else:
-                new_file[name] = value
-        return _merge(self.project_dir, self.config_path, env, new_file, flags)
+                flags[name] = value
+        return self._merged(flags=flags)
+
+    def with_file_changes(self, changes: Mapping[str, Any]) -> Settings:
+        """Deprecated: the one caller left (the tunnel in commands/serve.py) means run-only
+        overrides, which are flags now; use `with_flags`. A change to voicecli.toml would
+        lose to the store, so this applies `changes` as flags too."""
+        return self.with_flags(changes)
+
+    def _merged(self, **layers: Mapping[str, Any]) -> Settings:
+        return _merge(self.project_dir, self.config_path, self.layers._replace(**layers))
+
+
+def read_at_start_up(spec: Setting) -> str:
+    """Why a file-only setting cannot change through the store, and where to set it."""
+    return (
+        f"{spec.name} is read at start-up: set it in voicecli.toml (voicecli config set {spec.name} VALUE)"
+        f" or the environment ({spec.env_name}); a restart of voicecli serve applies it"
+    )
 
 
 def mask(value: Any) -> Any:
@@ -236,12 +323,19 @@ def setting(name: str) -> Setting:
     return spec
 
 
+STORE = "the store"
+
+
 def _parse(spec: Setting, raw: Any, source: str) -> Any:
     try:
         return spec.parse(raw)
     except ValueError as exc:
         where = f" (from {source})" if source != "flag" else ""
-        raise SettingsError(f"bad value for {spec.name}{where}: {exc}") from None
+        fix = ""
+        if source == STORE:
+            name = spec.name
+            fix = f"; change it with: voicecli config set {name} VALUE, or drop it with: voicecli config unset {name}"
+        raise SettingsError(f"bad value for {spec.name}{where}: {exc}{fix}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -278,7 +372,10 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge defaults, .env, the environment, voicecli.toml and flags into one Settings."""
+    """Merge defaults, .env, the environment, voicecli.toml and flags into one Settings.
+
+    The store layer starts empty: `load_store_layer` (the CLI) or the server adds it.
+    """
     project_dir = (project_dir or Path.cwd()).resolve()
     process_env = dict(os.environ if environ is None else environ)
     env = {**read_dotenv(project_dir / ".env"), **{k: v for k, v in process_env.items() if v != ""}}
@@ -287,16 +384,42 @@ def load_settings(
         config_path = Path(named) if named else project_dir / CONFIG_FILE
     if not config_path.is_absolute():
         config_path = project_dir / config_path
-    return _merge(project_dir, config_path, env, read_config_file(config_path), flags or {})
+    layers = Layers(env=env, file=read_config_file(config_path), flags=dict(flags or {}))
+    return _merge(project_dir, config_path, layers)
 
 
-def _merge(
-    project_dir: Path,
-    config_path: Path,
-    env: Mapping[str, str],
-    file_values: Mapping[str, Any],
-    flags: Mapping[str, Any],
-) -> Settings:
+@asynccontextmanager
+async def opened_store(settings: Settings) -> AsyncIterator[CallStore]:
+    """The store these settings name, open for the CLI (no server runs, or reading); closed after."""
+    import sqlite3
+
+    from voicecli.store import store_for  # only here: commands that never open the store stay fast
+
+    store = store_for(settings)
+    try:
+        await store.open()
+    except (OSError, sqlite3.Error) as exc:
+        raise VoicecliError(f"cannot open the store at {store.location}: {exc}") from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def load_store_layer(settings: Settings) -> Settings:
+    """`settings` with the store's layer read into it (the CLI's way; the server keeps its store open)."""
+    from voicecli.state import DB_FILE
+
+    if not settings.database_url and not (settings.state_dir / DB_FILE).is_file():
+        # Nothing was ever stored here: reading settings must not create .voicecli/calls.db.
+        return settings.with_store({})
+    async with opened_store(settings) as store:
+        return settings.with_store(await store.stored_settings())
+
+
+def _merge(project_dir: Path, config_path: Path, layers: Layers) -> Settings:
+    """The one merge: each layer, lowest first, replaces what is below it."""
+    env, file_values, store_values, flags = layers
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     for spec in SETTINGS:
@@ -307,12 +430,15 @@ def _merge(
         if spec.name in file_values:
             values[spec.name] = _parse(spec, file_values[spec.name], str(config_path))
             sources[spec.name] = "file"
+        if spec.name in store_values:
+            values[spec.name] = _parse(spec, store_values[spec.name], STORE)
+            sources[spec.name] = "store"
         if flags.get(spec.name) is not None:
             values[spec.name] = _parse(spec, flags[spec.name], "flag")
             sources[spec.name] = "flag"
     declared = {s.env_name for s in SETTINGS}
     extra = {k: v for k, v in env.items() if k not in declared and _is_service_env(k)}
-    return Settings(project_dir, config_path, values, sources, extra, (env, file_values, flags))
+    return Settings(project_dir, config_path, values, sources, extra, layers)
 
 
 def _is_service_env(name: str) -> bool:
@@ -333,14 +459,24 @@ def validate_value(name: str, raw: Any) -> Any:
     return _parse(setting(name), raw, "flag")
 
 
+def shown(name: str, value: Any) -> Any:
+    """`value` of setting `name` fit to show: secrets masked, a database URL without its password."""
+    return setting(name).shown(value)
+
+
 __all__ = [
     "SETTINGS",
+    "Layers",
     "Setting",
     "Settings",
     "SettingsError",
+    "hide_password",
     "load_settings",
+    "load_store_layer",
+    "opened_store",
     "mask",
     "read_config_file",
     "setting_names",
+    "shown",
     "validate_value",
 ]

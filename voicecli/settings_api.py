@@ -1,13 +1,10 @@
-"""GET/PUT /api/settings/telephony: read settings (secrets masked), change them live and persist."""
+"""GET/PUT /api/settings/telephony: read settings (secrets masked), change them in the store, live."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 from loguru import logger
 
-from voicecli.config_file import update_config_file
 from voicecli.errors import SettingsError
 from voicecli.server_state import STATE
 
@@ -17,7 +14,11 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 async def put_settings(request: web.Request) -> web.Response:
-    """Partial update: only the fields sent change; validated, applied at once, then persisted."""
+    """Partial update: only the fields sent change; validated, written to the store, applied at once.
+
+    Every other server process (workers, instances) applies it from the store's `settings`
+    event; file-only settings (database_url, workers, *_api_base) are refused with why.
+    """
     state = request.app[STATE]
     try:
         changes = await request.json()
@@ -25,13 +26,13 @@ async def put_settings(request: web.Request) -> web.Response:
         return web.json_response({"error": "the body must be JSON"}, status=400)
     if not isinstance(changes, dict) or not changes:
         return web.json_response({"error": "send a JSON object of settings to change"}, status=422)
-    # One change at a time: each merges onto the settings the previous one produced, and the
-    # file is read and written whole inside the lock, so concurrent PUTs all survive.
+    # One change at a time in this process; the store makes each one atomic across processes.
     async with state.settings_lock:
         try:
-            updated = state.settings.with_file_changes(changes)
-            # Written first (atomically), so a setting in force is always one that survives a restart.
-            await asyncio.to_thread(update_config_file, state.settings.config_path, changes)
+            checked = state.settings.check_store_changes(changes)
+            # The validated form goes to the store ("7" as 7); None removes a name.
+            layer = await state.store.change_settings({name: checked.stored.get(name) for name in changes})
+            updated = state.settings.with_store(layer)
         except SettingsError as exc:
             return web.json_response({"error": str(exc)}, status=422)
         state.apply_settings(updated)

@@ -1,4 +1,4 @@
-"""Runtime state in `.voicecli/`: the API token, the stream-token secret, the running servers.
+"""Runtime state in `.voicecli/`: the API token file the CLI reads, the running servers.
 
 Shared by the server and the CLI commands; stdlib only so commands stay fast.
 """
@@ -33,27 +33,6 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _read_or_create(path: Path, make: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    write_private(path, make + "\n")
-    return make
-
-
-def api_token(state_dir: Path, override: str | None) -> str:
-    """VOICECLI_API_TOKEN if set, else the token generated at the first `serve` (mode 0600)."""
-    return override or _read_or_create(state_dir / API_TOKEN_FILE, secrets.token_urlsafe(32))
-
-
-def stream_secret(state_dir: Path, override: str | None) -> bytes:
-    """VOICECLI_SECRET if set (instances share it), else a per-project secret (mode 0600)."""
-    return (override or _read_or_create(state_dir / SECRET_FILE, secrets.token_urlsafe(32))).encode()
-
-
 @dataclass(frozen=True)
 class ServerInfo:
     """Where one running server listens, as recorded by its `serve`."""
@@ -69,7 +48,8 @@ def new_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +90,7 @@ def read_servers(state_dir: Path) -> list[ServerInfo]:
     # Before several servers were recorded, the file held one server's object.
     entries = data.get("servers", [data]) if isinstance(data, dict) else []
     servers = [info for info in map(_parse_server, entries if isinstance(entries, list) else []) if info]
-    return [info for info in servers if _alive(info.pid)]
+    return [info for info in servers if pid_alive(info.pid)]
 
 
 def read_server(state_dir: Path) -> ServerInfo | None:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from voicecli.errors import VoicecliError
-from voicecli.settings import SETTINGS
 from voicecli.state import ServerInfo, forget_server, record_server
 
 if TYPE_CHECKING:
@@ -264,13 +263,9 @@ class Supervisor:
                 wait.cancel()
 
 
-def worker_flags(before: Settings, after: Settings) -> dict[str, Any]:
+def worker_flags(settings: Settings) -> dict[str, Any]:
     """What workers get as flags: the command's own, and what this run set once bound (a tunnel's URL)."""
-    return {
-        spec.name: after.get(spec.name)
-        for spec in SETTINGS
-        if after.sources[spec.name] == "flag" or after.get(spec.name) != before.get(spec.name)
-    }
+    return {name: value for name, value in settings.layers.flags.items() if value is not None}
 
 
 async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[str], Awaitable[None]]) -> None:
@@ -281,14 +276,17 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
     from voicecli.server_state import open_shared
 
     sock = listen(plan.host, plan.port)
-    store: CallStore | None = None
+    store = state.store
     try:
-        store, _secret, _token = await open_shared(state.settings)
-        await _recover(store)
+        # The API token for the CLI, and the store checked before any worker depends on it.
+        await open_shared(state.settings, store)
+        await state.reload_settings()  # the banner shows the limits in force, as the workers will
+        # Start-up recovery, once for every worker (they start with recover=False).
+        if ended := await state.membership.sweep():
+            logger.warning(f"{ended} call(s) left open by a server that was killed: marked interrupted")
         url = f"http://{plan.host}:{sock.getsockname()[1]}"
-        before = state.settings
         await on_started(url)
-        supervisor = Supervisor(state, store, plan, sock, worker_flags(before, state.settings))
+        supervisor = Supervisor(state, store, plan, sock, worker_flags(state.settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, supervisor.on_signal)
@@ -311,27 +309,4 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
         logger.info("server stopped")
     finally:
         sock.close()
-        if store is not None:
-            await store.close()
-
-
-async def _recover(store: CallStore) -> None:
-    """Start-up recovery, once for every worker: end the calls of servers that are gone."""
-    reason = "its server stopped unexpectedly"
-    host = socket.gethostname()
-    # On this machine a holder whose process is gone is dead now, not once its lease runs out.
-    dead = [h.id for h in await store.holders() if h.host == host and not _alive(h.pid)]
-    ended = await store.reap(dead, reason) if dead else 0
-    ended += await store.maintain(reason)
-    if ended:
-        logger.warning(f"{ended} call(s) left open by a server that was killed: marked interrupted")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        await store.close()

@@ -74,6 +74,7 @@ def serve(
     from voicecli.workers import WorkerPlan, supervise, worker_count
 
     state = build_state(settings, agents)
+    count = worker_count(settings.workers)
     opened: list[Tunnel] = []
 
     async def started(url: str) -> None:
@@ -83,13 +84,12 @@ def serve(
             # reaches us from loopback and names the real client in X-Forwarded-For.
             trusted = ",".join(filter(None, (state.settings.trusted_proxies, "127.0.0.1/32", "::1/128")))
             changes = {"public_base_url": opened[0].public_url, "trusted_proxies": trusted}
-            state.apply_settings(state.settings.with_file_changes(changes))
+            state.apply_settings(state.settings.with_flags(changes))
         print_banner(state, url, tunnel=opened[0].public_url if opened else None, workers=count)
         if update_webhook:
             for line in await announce_webhooks(state.settings, next(iter(agents))):
                 stdout().print(line, soft_wrap=True)
 
-    count = worker_count(settings.workers)
     try:
         if count > 1:
             # The supervisor serves nothing itself: pipecat is the workers' to import.

@@ -297,8 +297,8 @@ class CallStore(Protocol):
 
     async def maintain(self, reason: str) -> int:
         """Reap every holder whose lease expired, end `interrupted` every live call whose carrier
-        is no registered holder (a server killed before leases, or reaped), and drop old events
-        and nonces. How many calls were ended."""
+        is no registered holder (a server killed before leases, or reaped), drop slots no holder
+        holds and events older than EVENT_KEEP_S. How many calls were ended."""
         ...
 
     # --- slots: check and take in one transaction --------------------------------------------

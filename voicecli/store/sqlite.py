@@ -1,30 +1,41 @@
-"""`SQLiteCallStore`: call records in one SQLite file, for a single server instance.
+"""`SQLiteCallStore`: the shared store in one SQLite file, for every worker on one machine.
 
-Every SQLite call runs on one dedicated worker thread: the event loop never blocks on the
-database, and that single thread is also the single writer.
+Every SQLite call of a process runs on one dedicated thread: the event loop never blocks on
+the database. Processes share the file (WAL); BEGIN IMMEDIATE serialises their writes, so a
+check-then-take (a slot under a limit) is atomic across all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from voicecli.store.migrations import MIGRATIONS
 from voicecli.store.records import (
     CALL_STATUSES,
+    EVENT_KEEP_S,
+    LEASE_S,
     PROGRESS_ORDER,
     TERMINAL_STATUSES,
     CallRecord,
     CallStatus,
     Direction,
+    DuplicateCall,
+    Event,
+    Holder,
     Role,
+    SlotCount,
     TranscriptEntry,
     TranscriptSummary,
     apply_update,
@@ -37,71 +48,13 @@ from voicecli.store.records import (
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# --- Schema: ordered migrations, each applied once and recorded in `_migrations` (as simonw/llm does).
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    """Register a schema migration; they run in the order they are defined, never twice."""
-    MIGRATIONS.append(fn)
-    return fn
-
-
-@migration
-def m001_calls_and_transcripts(db: sqlite3.Connection) -> None:
-    """The calls table, their transcripts, and the indexes for lookups and newest-first lists."""
-    db.execute(
-        """CREATE TABLE calls (
-            id TEXT PRIMARY KEY,
-            provider TEXT NOT NULL,
-            agent TEXT NOT NULL,
-            direction TEXT NOT NULL,
-            from_number TEXT,
-            to_number TEXT,
-            provider_call_id TEXT,
-            status TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,
-            duration_s REAL,
-            end_reason TEXT
-        )"""
-    )
-    # The integer key keeps utterances in the order they were written.
-    db.execute(
-        """CREATE TABLE transcript (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            call_id TEXT NOT NULL REFERENCES calls(id),
-            role TEXT NOT NULL,
-            text TEXT NOT NULL,
-            at TEXT NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX calls_provider_call_id ON calls(provider, provider_call_id)")
-    db.execute("CREATE INDEX calls_started_at ON calls(started_at, id)")
-    db.execute("CREATE INDEX calls_status ON calls(status)")
-    db.execute("CREATE INDEX transcript_call_id ON transcript(call_id, id)")
-
-
-@migration
-def m002_instances_and_nonces(db: sqlite3.Connection) -> None:
-    """Which server carries each call, and the signature nonces already seen (replays refused)."""
-    db.execute("ALTER TABLE calls ADD COLUMN instance TEXT")
-    db.execute(
-        """CREATE TABLE nonces (
-            provider TEXT NOT NULL,
-            nonce TEXT NOT NULL,
-            seen_at REAL NOT NULL,
-            PRIMARY KEY (provider, nonce)
-        )"""
-    )
-    db.execute("CREATE INDEX nonces_seen_at ON nonces(seen_at)")
+# --- Schema: the named migrations (migrations.py), each applied once, recorded in `_migrations`.
 
 
 @contextmanager
 def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     # IMMEDIATE takes the write lock up front, so a read-then-write is atomic even against
-    # another process (a CLI opening the same file); COMMIT at the end makes it durable.
+    # other processes (every worker, a CLI opening the same file); COMMIT makes it durable.
     db.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -114,13 +67,19 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
 def migrate(db: sqlite3.Connection) -> None:
     """Apply the migrations this database has not had yet, each in its own transaction."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-    for fn in MIGRATIONS:
+    for step in MIGRATIONS:
         with _transaction(db):
             # Checked inside the write lock: another process may have just applied it.
-            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone():
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", (step.name,)).fetchone():
                 continue
-            fn(db)
-            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, utcnow_iso()))
+            for statement in step.sqlite:
+                db.execute(statement)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (step.name, utcnow_iso()))
+
+
+# The database's clock in Unix seconds: what leases, events and settings are stamped with.
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_LIVE = tuple(sorted(PROGRESS_ORDER))  # statuses of a call not yet ended
 
 
 # --- Work done on the store's thread: plain functions taking the connection first.
@@ -134,6 +93,8 @@ _COLUMN_COUNT = len(_COLUMNS.split(","))
 
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Transcripts are private: created 0600 (SQLite gives its -wal and -shm files the same mode).
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write commits at once.
     # check_same_thread stays on: any use off the store's thread is a bug and should fail loudly.
     db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -208,18 +169,160 @@ def _transcript_summaries(db: sqlite3.Connection, call_ids: Sequence[str]) -> di
     return {call_id: TranscriptSummary(turns, role, text) for call_id, turns, role, text in rows}
 
 
-def _mark_interrupted(db: sqlite3.Connection, reason: str, live_instances: list[str]) -> int:
+def _interrupt(db: sqlite3.Connection, where: str, params: tuple[Any, ...], reason: str) -> int:
+    """End as interrupted the live calls matching `where` (inside the caller's transaction)."""
+    marks = ", ".join("?" * len(_LIVE))
+    rows = db.execute(f"SELECT {_COLUMNS} FROM calls WHERE status IN ({marks}) AND ({where})", (*_LIVE, *params))
+    now = utcnow_iso()
+    records = [CallRecord(*row) for row in rows.fetchall()]
+    for record in records:
+        _rewrite(db, apply_update(record, status="interrupted", end_reason=reason, now=now))
+    return len(records)
+
+
+def _drop_holders(db: sqlite3.Connection, ids: list[str], reason: str) -> int:
+    marks = ", ".join("?" * len(ids))
+    db.execute(f"DELETE FROM slots WHERE holder IN ({marks})", ids)
+    db.execute(f"DELETE FROM holders WHERE id IN ({marks})", ids)
+    return _interrupt(db, f"instance IN ({marks})", tuple(ids), reason)
+
+
+def _join(db: sqlite3.Connection, holder: Holder) -> None:
     with _transaction(db):
-        live = sorted(PROGRESS_ORDER)
-        rows = db.execute(
-            f"SELECT {_COLUMNS} FROM calls WHERE status IN ({', '.join('?' * len(live))})"
-            f" AND (instance IS NULL OR instance NOT IN ({', '.join('?' * len(live_instances))}))",
-            (*live, *live_instances),
-        ).fetchall()
-        now = utcnow_iso()
-        for row in rows:
-            _rewrite(db, apply_update(CallRecord(*row), status="interrupted", end_reason=reason, now=now))
-    return len(rows)
+        db.execute(
+            f"""INSERT INTO holders (id, instance, host, pid, started_at, expires_at)
+                VALUES (?, ?, ?, ?, {_NOW}, {_NOW} + ?)
+                ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at""",
+            (holder.id, holder.instance, holder.host, holder.pid, LEASE_S),
+        )
+
+
+def _leave(db: sqlite3.Connection, holder: str) -> None:
+    with _transaction(db):
+        db.execute("DELETE FROM slots WHERE holder = ?", (holder,))
+        db.execute("DELETE FROM holders WHERE id = ?", (holder,))
+
+
+def _holders(db: sqlite3.Connection) -> list[Holder]:
+    rows = db.execute(f"SELECT id, instance, host, pid, expires_at <= {_NOW} FROM holders ORDER BY started_at, id")
+    return [Holder(id, instance, host, pid, bool(expired)) for id, instance, host, pid, expired in rows]
+
+
+def _reap(db: sqlite3.Connection, ids: list[str], reason: str) -> int:
+    if not ids:
+        return 0
+    with _transaction(db):
+        return _drop_holders(db, ids, reason)
+
+
+def _maintain(db: sqlite3.Connection, reason: str) -> int:
+    with _transaction(db):
+        expired = [row[0] for row in db.execute(f"SELECT id FROM holders WHERE expires_at <= {_NOW}")]
+        ended = _drop_holders(db, expired, reason) if expired else 0
+        # Calls whose carrier is no holder: a server killed before leases existed, or reaped.
+        ended += _interrupt(db, "instance IS NULL OR instance NOT IN (SELECT id FROM holders)", (), reason)
+        db.execute("DELETE FROM slots WHERE holder NOT IN (SELECT id FROM holders)")
+        db.execute(f"DELETE FROM events WHERE created_at < {_NOW} - ?", (EVENT_KEEP_S,))
+    return ended
+
+
+def _live_slots(db: sqlite3.Connection, provider: str) -> int:
+    return db.execute(
+        f"""SELECT COUNT(*) FROM slots s JOIN holders h ON h.id = s.holder
+            WHERE s.provider = ? AND h.expires_at > {_NOW}""",
+        (provider,),
+    ).fetchone()[0]
+
+
+def _take_slot(
+    db: sqlite3.Connection, provider: str, limit: int, holder: str, claim: str | None, reserve: str | None
+) -> str | None:
+    # Check and take under one write lock: every process's admissions are serialised here.
+    with _transaction(db):
+        if claim is not None:
+            row = db.execute("SELECT id FROM slots WHERE reserved_for = ? AND provider = ?", (claim, provider))
+            found = row.fetchone()
+            if found:
+                db.execute("UPDATE slots SET holder = ?, reserved_for = NULL WHERE id = ?", (holder, found[0]))
+                return found[0]
+        if _live_slots(db, provider) >= limit:
+            return None
+        slot = uuid.uuid4().hex
+        db.execute(
+            f"INSERT INTO slots (id, provider, holder, reserved_for, taken_at) VALUES (?, ?, ?, ?, {_NOW})",
+            (slot, provider, holder, reserve),
+        )
+        return slot
+
+
+def _release_slot(db: sqlite3.Connection, slot: str) -> None:
+    with _transaction(db):
+        db.execute("DELETE FROM slots WHERE id = ?", (slot,))
+
+
+def _release_reservation(db: sqlite3.Connection, call_id: str) -> bool:
+    with _transaction(db):
+        return db.execute("DELETE FROM slots WHERE reserved_for = ?", (call_id,)).rowcount == 1
+
+
+def _slot_counts(db: sqlite3.Connection) -> dict[str, SlotCount]:
+    rows = db.execute(
+        f"""SELECT s.provider, COUNT(*), COUNT(s.reserved_for) FROM slots s JOIN holders h ON h.id = s.holder
+            WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
+    )
+    return {provider: SlotCount(held, reserved) for provider, held, reserved in rows}
+
+
+def _insert_event(db: sqlite3.Connection, kind: str, target: str | None, call_id: str | None, data: str) -> None:
+    db.execute(
+        f"INSERT INTO events (kind, target, call_id, data, created_at) VALUES (?, ?, ?, ?, {_NOW})",
+        (kind, target, call_id, data),
+    )
+
+
+def _publish(db: sqlite3.Connection, kind: str, target: str | None, call_id: str | None, data: str) -> None:
+    with _transaction(db):
+        _insert_event(db, kind, target, call_id, data)
+
+
+def _last_event(db: sqlite3.Connection) -> int:
+    # The sequence, not MAX(id): pruning may have emptied the table, never rewinding ids.
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _events_after(db: sqlite3.Connection, after: int, holder: str) -> list[Event]:
+    rows = db.execute(
+        """SELECT id, kind, target, call_id, data FROM events
+           WHERE id > ? AND (target IS NULL OR target = ?) ORDER BY id""",
+        (after, holder),
+    )
+    return [Event(id, kind, target, call_id, json.loads(data)) for id, kind, target, call_id, data in rows]
+
+
+def _stored_settings(db: sqlite3.Connection) -> dict[str, Any]:
+    return {name: json.loads(value) for name, value in db.execute("SELECT name, value FROM settings ORDER BY name")}
+
+
+def _change_settings(db: sqlite3.Connection, changes: dict[str, Any]) -> dict[str, Any]:
+    with _transaction(db):
+        for name, value in changes.items():
+            if value is None:
+                db.execute("DELETE FROM settings WHERE name = ?", (name,))
+            else:
+                db.execute(
+                    f"""INSERT INTO settings (name, value, changed_at) VALUES (?, ?, {_NOW})
+                        ON CONFLICT (name) DO UPDATE SET value = excluded.value, changed_at = excluded.changed_at""",
+                    (name, json.dumps(value)),
+                )
+        _insert_event(db, "settings", None, None, json.dumps({"changed": sorted(changes)}))
+        return _stored_settings(db)
+
+
+def _shared_secret(db: sqlite3.Connection, name: str, candidate: str) -> str:
+    with _transaction(db):
+        db.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, candidate))
+        return db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()[0]
 
 
 def _claim_stream(
@@ -250,6 +353,25 @@ def _first_use(db: sqlite3.Connection, provider: str, nonce: str, now: float, ke
         return inserted.rowcount == 1
 
 
+class SQLiteLeaseConnection:
+    """The lease keeper's own connection: its thread blocks on SQLite, never the server's loop."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def renew(self, holder: str) -> bool:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=LEASE_S / 2)
+        updated = self._db.execute(f"UPDATE holders SET expires_at = {_NOW} + ? WHERE id = ?", (LEASE_S, holder))
+        return updated.rowcount == 1
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 class SQLiteCallStore:
     """Call records in one SQLite file (WAL), all database work on one dedicated thread."""
 
@@ -257,6 +379,10 @@ class SQLiteCallStore:
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None  # touched only on the executor's thread
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     async def _run(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
@@ -314,7 +440,7 @@ class SQLiteCallStore:
         call_id: str | None = None,
         instance: str | None = None,
     ) -> CallRecord:
-        """Record a new call; raises sqlite3.IntegrityError if `call_id` is already taken."""
+        """Record a new call; raises DuplicateCall if `call_id` is already taken."""
         if direction not in ("inbound", "outbound"):
             raise ValueError(f"unknown call direction {direction!r}")
         if status not in CALL_STATUSES:
@@ -336,7 +462,10 @@ class SQLiteCallStore:
             end_reason=None,
             instance=instance,
         )
-        await self._run(_insert, record)
+        try:
+            await self._run(_insert, record)
+        except sqlite3.IntegrityError:
+            raise DuplicateCall(f"call id {record.id} is already taken") from None
         return record
 
     async def get(self, call_id: str) -> CallRecord | None:
@@ -397,11 +526,72 @@ class SQLiteCallStore:
         """Note a signature nonce; False when it was already seen within `keep_s` (a replay)."""
         return await self._run(_first_use, provider, nonce, time.time(), keep_s)
 
-    async def mark_interrupted(
-        self, reason: str = "server stopped unexpectedly", live_instances: Collection[str] = ()
-    ) -> int:
-        """End as interrupted every live call whose server is not in `live_instances`; how many."""
-        return await self._run(_mark_interrupted, reason, sorted(live_instances))
+    # --- holders and leases
+    async def join(self, holder: Holder) -> None:
+        """Register (or re-register) a holder with a fresh lease."""
+        await self._run(_join, holder)
+
+    async def leave(self, holder: str) -> None:
+        """A holder stops cleanly: its row and any slot it still holds go."""
+        await self._run(_leave, holder)
+
+    def lease_connection(self) -> SQLiteLeaseConnection:
+        """A connection of its own for the lease keeper's thread."""
+        return SQLiteLeaseConnection(self.path)
+
+    async def holders(self) -> list[Holder]:
+        """Every registered holder, `expired` by the database's clock."""
+        return await self._run(_holders)
+
+    async def reap(self, holders: Collection[str], reason: str) -> int:
+        """Drop holders known dead with their slots; their live calls end interrupted (how many)."""
+        return await self._run(_reap, sorted(holders), reason)
+
+    async def maintain(self, reason: str) -> int:
+        """Reap expired holders, interrupt calls no holder carries, drop old events (calls ended)."""
+        return await self._run(_maintain, reason)
+
+    # --- slots
+    async def take_slot(
+        self, provider: str, limit: int, holder: str, *, claim: str | None = None, reserve: str | None = None
+    ) -> str | None:
+        """A slot id, or None at the limit; `claim` hands over a dial's reservation first."""
+        return await self._run(_take_slot, provider, limit, holder, claim, reserve)
+
+    async def release_slot(self, slot: str) -> None:
+        await self._run(_release_slot, slot)
+
+    async def release_reservation(self, call_id: str) -> bool:
+        return await self._run(_release_reservation, call_id)
+
+    async def slot_counts(self) -> dict[str, SlotCount]:
+        return await self._run(_slot_counts)
+
+    # --- events
+    async def publish(
+        self, kind: str, *, target: str | None = None, call_id: str | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
+        await self._run(_publish, kind, target, call_id, json.dumps(dict(data or {})))
+
+    async def last_event(self) -> int:
+        return await self._run(_last_event)
+
+    async def events_after(self, after: int, holder: str) -> list[Event]:
+        return await self._run(_events_after, after, holder)
+
+    async def wait_for_events(self, within_s: float) -> None:
+        # SQLite cannot wake another process: readers poll.
+        await asyncio.sleep(within_s)
+
+    # --- settings and secrets
+    async def stored_settings(self) -> dict[str, Any]:
+        return await self._run(_stored_settings)
+
+    async def change_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._run(_change_settings, dict(changes))
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        return await self._run(_shared_secret, name, candidate)
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]:
         """Turns so far and the last utterance of each call that has any (for the live table)."""
