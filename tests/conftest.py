@@ -21,6 +21,7 @@ from voicecli.settings import Settings, load_settings
 REPO = Path(__file__).resolve().parent.parent
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-test-auth-token-1234"
+pytest_plugins = ["tests.postgres_server"]  # postgres_server and database_url: a real server
 
 
 @pytest.fixture
