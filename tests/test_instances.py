@@ -18,8 +18,7 @@ import aiohttp
 from tests import test_outbound
 from tests.conftest import REPO, make_settings
 from tests.test_outbound import CUSTOMER, PhoneNetwork
-from tests.test_workers import Served, active, admitted, http_client, opened_store, running, started, until
-from voicecli.simulator import Press
+from tests.test_workers import Callers, Served, active, opened_store, running, started, until
 
 network = test_outbound.network  # the fake providers' REST APIs, as the outbound tests use them
 
@@ -41,11 +40,11 @@ async def test_the_limit_holds_over_both_instances(project: Path, database_url: 
     other = _second_project(project)
     with running(project, **env) as proc_a, running(other, **env) as proc_b:
         a, b = await _both((project, other), (proc_a, proc_b), env)
-        async with http_client() as http:
-            calls = await asyncio.gather(*(admitted(http, (a, b)[i % 2].wire()) for i in range(12)))
+        async with Callers() as callers:
+            calls = await asyncio.gather(*(callers.call((a, b)[i % 2].wire()) for i in range(12)))
             live = [ws for ws in calls if ws is not None]
             assert len(live) == 10
-            assert (await active(http, b))["active"] == 10
+            assert (await active(callers.http, b))["active"] == 10
             for ws in live:
                 await ws.close()
 
@@ -60,14 +59,14 @@ async def test_a_dial_on_one_instance_is_answered_on_the_other(
     with running(project, **env) as proc_a, running(other, **env) as proc_b:
         a, b = await _both((project, other), (proc_a, proc_b), env)
         network.server = SimpleNamespace(state=SimpleNamespace(settings=make_settings(other, **env)), url=b.url)
-        network.answer_steps = [Press("1"), Press("0")]
-        async with http_client() as http:
+        network.answer_steps = []  # the greeting, then the customer hangs up
+        async with Callers() as callers:
             body = {"phone_number": CUSTOMER, "agent_name": "demo", "provider": "twilio"}
-            async with http.post(a.url + "/api/calls/outbound", json=body, headers=a.headers) as resp:
+            async with callers.http.post(a.url + "/api/calls/outbound", json=body, headers=a.headers) as resp:
                 assert resp.status == 201, await resp.text()
                 dialled = await resp.json()
         [result] = await network.results()
-        assert result.ended_by == "agent" and result.heard_seconds > 3
+        assert result.ended_by == "caller" and result.heard_seconds > 1
         async with opened_store(project, **env) as store:
             [record] = await store.list()
         assert record.id == dialled["id"] and record.status == "completed"
@@ -79,16 +78,16 @@ async def test_a_settings_change_on_one_instance_is_enforced_by_the_other(projec
     other = _second_project(project)
     with running(project, **env) as proc_a, running(other, **env) as proc_b:
         a, b = await _both((project, other), (proc_a, proc_b), env)
-        async with http_client() as http:
+        async with Callers() as callers:
             change = {"twilio_max_concurrent": 1}
-            async with http.put(a.url + "/api/settings/telephony", json=change, headers=a.headers) as resp:
+            async with callers.http.put(a.url + "/api/settings/telephony", json=change, headers=a.headers) as resp:
                 assert resp.status == 200, await resp.text()
 
             async def b_knows() -> bool:
-                return (await active(http, b))["limit"] == 1
+                return (await active(callers.http, b))["limit"] == 1
 
             await until(b_knows, 2, "B's limit follows A's change")
-            calls = await asyncio.gather(*(admitted(http, b.wire()) for _ in range(2)))
+            calls = await asyncio.gather(*(callers.call(b.wire()) for _ in range(2)))
             assert sum(ws is not None for ws in calls) == 1
             for ws in calls:
                 if ws is not None:
@@ -102,17 +101,17 @@ async def test_a_killed_instance_s_calls_are_ended_and_its_slots_taken_by_the_ot
     other = _second_project(project)
     with running(project, **env) as proc_a, running(other, **env) as proc_b:
         a, b = await _both((project, other), (proc_a, proc_b), env)
-        async with http_client() as http, opened_store(project, **env) as store:
-            on_a = await asyncio.gather(*(admitted(http, a.wire()) for _ in range(2)))
+        async with Callers() as callers, opened_store(project, **env) as store:
+            on_a = await asyncio.gather(*(callers.call(a.wire()) for _ in range(2)))
             assert all(on_a)
-            assert await admitted(http, b.wire()) is None  # the limit is the cluster's
+            assert await callers.call(b.wire()) is None  # the limit is the cluster's
             os.kill(proc_a.pid, signal.SIGKILL)
 
             async def a_calls_ended() -> bool:
                 return all(r.status == "interrupted" for r in await store.list() if r.instance == a.instance)
 
             await until(a_calls_ended, 30, "the killed instance's calls interrupted")
-            again = await asyncio.gather(*(admitted(http, b.wire()) for _ in range(3)))
+            again = await asyncio.gather(*(callers.call(b.wire()) for _ in range(3)))
             assert sum(ws is not None for ws in again) == 2
             for ws in again:
                 if ws is not None:

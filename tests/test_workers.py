@@ -7,6 +7,7 @@ media stream. Which worker gets a connection is the kernel's choice, as in produ
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -89,9 +90,33 @@ async def opened_store(project: Path, **env: str) -> AsyncIterator[CallStore]:
         await store.close()
 
 
-def http_client() -> aiohttp.ClientSession:
-    # A new connection for every request, as calls from a provider's many machines arrive.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+_addresses = itertools.count(2)
+
+
+def _client() -> aiohttp.ClientSession:
+    # A new connection for every request from an address of its own in 127/8.
+    n = next(_addresses) % 60_000 + 2
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, local_addr=(f"127.0.{n >> 8}.{n & 255}", 0))
+    )
+
+
+class Callers:
+    """Calls from many addresses, as from a provider's many machines (a server caps the
+    streams of one address that have not yet started); `http` for the API."""
+
+    async def __aenter__(self) -> Callers:
+        self.http = _client()
+        self._clients = [self.http]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self._clients:
+            await client.close()
+
+    async def call(self, wire: WireCall) -> aiohttp.ClientWebSocketResponse | None:
+        self._clients.append(client := _client())
+        return await admitted(client, wire)
 
 
 async def admitted(http: aiohttp.ClientSession, wire: WireCall) -> aiohttp.ClientWebSocketResponse | None:
@@ -133,11 +158,11 @@ async def test_thirty_streams_at_limit_ten_admit_ten_over_both_workers(project: 
     env = {"TWILIO_MAX_CONCURRENT": "10"}
     with running(project, "--workers", "2", **env) as proc:
         served = await started(project, proc, env)
-        async with http_client() as http:
-            calls = await asyncio.gather(*(admitted(http, served.wire()) for _ in range(30)))
+        async with Callers() as callers:
+            calls = await asyncio.gather(*(callers.call(served.wire()) for _ in range(30)))
             live = [ws for ws in calls if ws is not None]
             assert len(live) == 10
-            assert (await active(http, served))["active"] == 10  # cluster-wide, whichever worker answers
+            assert (await active(callers.http, served))["active"] == 10  # cluster-wide, whichever worker answers
             for ws in live:
                 await ws.close()
         async with opened_store(project) as store:
@@ -151,8 +176,8 @@ async def test_a_killed_worker_is_replaced_and_its_calls_and_slots_come_back(pro
     env = {"TWILIO_MAX_CONCURRENT": "4"}
     with running(project, "--workers", "2", **env) as proc:
         served = await started(project, proc, env)
-        async with http_client() as http, opened_store(project) as store:
-            calls = await asyncio.gather(*(admitted(http, served.wire()) for _ in range(4)))
+        async with Callers() as callers, opened_store(project) as store:
+            calls = await asyncio.gather(*(callers.call(served.wire()) for _ in range(4)))
             assert all(calls)
             [victim] = [h for h in await store.holders() if h.id == (await store.list())[0].instance]
             os.kill(victim.pid, signal.SIGKILL)
@@ -166,7 +191,7 @@ async def test_a_killed_worker_is_replaced_and_its_calls_and_slots_come_back(pro
             assert "stopped unexpectedly" in (reason or "")
             lost = sum(r.instance == victim.id for r in await store.list())
             # Its slots are free again: exactly as many new calls as it carried fit under the limit.
-            again = await asyncio.gather(*(admitted(http, served.wire()) for _ in range(lost + 1)))
+            again = await asyncio.gather(*(callers.call(served.wire()) for _ in range(lost + 1)))
             assert sum(ws is not None for ws in again) == lost
 
             async def replaced() -> bool:
@@ -183,13 +208,13 @@ async def test_ctrl_c_drains_both_workers_and_the_supervisor_exits_0(project: Pa
     env = {"TWILIO_MAX_CONCURRENT": "10"}
     with running(project, "--workers", "2", **env) as proc:
         served = await started(project, proc, env)
-        async with http_client() as http, opened_store(project) as store:
+        async with Callers() as callers, opened_store(project) as store:
             wires, sockets = [], []
             # Calls until both workers carry one (the kernel picks; a few are enough).
             while len(carriers(await store.list(active_only=True))) < 2:
                 assert len(wires) < 10, "every call went to one worker"
                 wire = served.wire()
-                ws = await admitted(http, wire)
+                ws = await callers.call(wire)
                 assert ws is not None
                 wires.append(wire)
                 sockets.append(ws)
