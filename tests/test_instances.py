@@ -119,3 +119,14 @@ async def test_a_killed_instance_s_calls_are_ended_and_its_slots_taken_by_the_ot
             for ws in on_a:
                 if isinstance(ws, aiohttp.ClientWebSocketResponse):
                     await ws.close()
+
+
+async def test_a_tunnel_with_a_shared_database_says_it_reaches_this_instance_only(
+    project: Path, database_url: str
+) -> None:
+    from tests.test_tunnel import ngrok_env, wait_for_output
+
+    env = ngrok_env(project, VOICECLI_DATABASE_URL=database_url)
+    with running(project, "--tunnel", **env) as proc:
+        out = await wait_for_output(project, proc, "Check the setup")
+    assert "the tunnel reaches this instance only" in " ".join(out.split())

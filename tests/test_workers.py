@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import aiohttp
 from aiohttp import WSCloseCode
 
 from tests.conftest import make_settings
 from tests.processes import serving
+from tests.test_tunnel import PUBLIC, ngrok_env, wait_for_output
 from tests.wire import WireCall, agent_audio
 from voicecli.state import read_api_token
 from voicecli.store import CallRecord, CallStore, store_for
@@ -230,3 +232,37 @@ async def test_ctrl_c_drains_both_workers_and_the_supervisor_exits_0(project: Pa
     assert {r.status for r in records} == {"completed"} and len(records) == len(wires)
     assert all("server shutting down" in (r.end_reason or "") for r in records)
     assert not (project / ".voicecli" / "server.json").exists()
+
+
+async def test_every_worker_answers_with_the_tunnel_s_url(project: Path) -> None:
+    env = ngrok_env(project)
+    with serving(project, env, "--workers", "2", "--tunnel") as proc:
+        out = await wait_for_output(project, proc, "workers serving")
+        assert out.count("voicecli serving on") == 1 and f"ngrok tunnel: {PUBLIC}" in out  # one banner
+        served = await started(project, proc, {})
+        async with Callers() as callers, opened_store(project) as store:
+
+            async def webhook(n: int) -> str | None:
+                form = {"CallSid": f"CA{n:032d}", "From": "+15551230000", "To": "+15559870000"}
+                async with callers.http.post(f"{served.url}/telephony/twilio/inbound/demo", data=form) as resp:
+                    assert resp.status == 200
+                    stream = ElementTree.fromstring(await resp.text()).find("./Connect/Stream")
+                return None if stream is None else stream.get("url")
+
+            # Webhooks until both workers have answered some (the kernel picks, in bursts).
+            urls: list[str | None] = []
+            while len(carriers(await store.list(limit=1000))) < 2:
+                assert len(urls) < 300, "every webhook went to one worker"
+                urls += await asyncio.gather(*(webhook(len(urls) + n) for n in range(10)))
+            assert set(urls) == {"wss://abc123.ngrok-free.app/ws/twilio/demo"}
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+async def test_a_bad_workers_value_is_the_settings_error(project: Path) -> None:
+    from tests.processes import run_voicecli
+
+    code, _, err = await run_voicecli(project, "serve", "--workers", "0", env={**os.environ})
+    assert code == 1 and "bad value for workers: must be a whole number from 1 to 256, or auto" in err
+    code, _, err = await run_voicecli(project, "serve", env={**os.environ, "VOICECLI_WORKERS": "many"})
+    assert code == 1 and "bad value for workers (from $VOICECLI_WORKERS)" in err
