@@ -26,8 +26,19 @@ from tests.conftest import make_settings
 from tests.processes import serving
 from tests.test_tunnel import PUBLIC, ngrok_env, wait_for_output
 from tests.wire import WireCall, agent_audio
-from voicecli.state import read_api_token
+from voicecli.state import pid_alive, read_api_token
 from voicecli.store import CallRecord, CallStore, store_for
+
+
+def brief_demo(project: Path) -> None:
+    """The demo agent with a one-word greeting and goodbye: it speaks in real time, and a
+    test that waits for a call's end need not wait through the shipped sentences."""
+    path = project / "agents" / "demo.toml"
+    text = path.read_text()
+    for key in ("greeting", "goodbye"):
+        [line] = [line for line in text.splitlines() if line.startswith(f"{key} = ")]
+        text = text.replace(line, f'{key} = "{"Hello" if key == "greeting" else "Goodbye"}!"')
+    path.write_text(text)
 
 
 @dataclass
@@ -206,20 +217,27 @@ async def test_a_killed_worker_is_replaced_and_its_calls_and_slots_come_back(pro
         assert proc.poll() is None  # the supervisor carried on
 
 
+async def on_both_workers(
+    served: Served, callers: Callers, store: CallStore
+) -> tuple[list[WireCall], list[aiohttp.ClientWebSocketResponse]]:
+    """Calls until both workers carry one (the kernel picks; a few are enough)."""
+    wires, sockets = [], []
+    while len(carriers(await store.list(active_only=True))) < 2:
+        assert len(wires) < 10, "every call went to one worker"
+        wire = served.wire()
+        ws = await callers.call(wire)
+        assert ws is not None
+        wires.append(wire)
+        sockets.append(ws)
+    return wires, sockets
+
+
 async def test_ctrl_c_drains_both_workers_and_the_supervisor_exits_0(project: Path) -> None:
-    env = {"TWILIO_MAX_CONCURRENT": "10"}
-    with running(project, "--workers", "2", **env) as proc:
-        served = await started(project, proc, env)
+    brief_demo(project)
+    with running(project, "--workers", "2") as proc:
+        served = await started(project, proc, {})
         async with Callers() as callers, opened_store(project) as store:
-            wires, sockets = [], []
-            # Calls until both workers carry one (the kernel picks; a few are enough).
-            while len(carriers(await store.list(active_only=True))) < 2:
-                assert len(wires) < 10, "every call went to one worker"
-                wire = served.wire()
-                ws = await callers.call(wire)
-                assert ws is not None
-                wires.append(wire)
-                sockets.append(ws)
+            wires, sockets = await on_both_workers(served, callers, store)
             proc.send_signal(signal.SIGINT)
             # Each worker drains for 1 s, then the agent says goodbye and closes the stream.
             ends = await asyncio.gather(
@@ -232,6 +250,38 @@ async def test_ctrl_c_drains_both_workers_and_the_supervisor_exits_0(project: Pa
     assert {r.status for r in records} == {"completed"} and len(records) == len(wires)
     assert all("server shutting down" in (r.end_reason or "") for r in records)
     assert not (project / ".voicecli" / "server.json").exists()
+
+
+async def test_a_second_ctrl_c_cuts_both_workers_at_once(project: Path) -> None:
+    with running(project, "--workers", "2", "--drain-timeout", "30") as proc:
+        served = await started(project, proc, {})
+        async with Callers() as callers, opened_store(project) as store:
+            # Held and never read: the workers' close handshakes get no answer.
+            wires, _ = await on_both_workers(served, callers, store)
+            proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            cut_at = time.monotonic()
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+            assert time.monotonic() - cut_at < 4  # each worker's 2 s cut, and the processes' exits
+            records = await store.list()
+    assert len(records) == len(wires) and all(r.status == "interrupted" and r.ended_at for r in records)
+
+
+async def test_workers_whose_supervisor_is_killed_stop_by_themselves(project: Path) -> None:
+    with running(project, "--workers", "2") as proc:
+        served = await started(project, proc, {})
+        async with opened_store(project) as store:
+            pids = [h.pid for h in await store.holders() if h.instance == served.instance]
+            assert len(pids) == 2
+            proc.kill()
+            proc.wait(10)
+
+            async def gone() -> bool:
+                return not any(map(pid_alive, pids))
+
+            await until(gone, 10, "the workers stopped")
+            assert not await store.holders()  # they left the store cleanly
 
 
 async def test_every_worker_answers_with_the_tunnel_s_url(project: Path) -> None:
