@@ -38,7 +38,11 @@ async def _both(projects: tuple[Path, Path], procs: tuple, env: dict[str, str]) 
 async def test_the_limit_holds_over_both_instances(project: Path, database_url: str) -> None:
     env = {"VOICECLI_DATABASE_URL": database_url, "TWILIO_MAX_CONCURRENT": "10"}
     other = _second_project(project)
-    with running(project, **env) as proc_a, running(other, **env) as proc_b:
+    # B is pointed at the database by the flag, A by the environment: the same cluster.
+    with (
+        running(project, **env) as proc_a,
+        running(other, "--database", database_url, TWILIO_MAX_CONCURRENT="10") as proc_b,
+    ):
         a, b = await _both((project, other), (proc_a, proc_b), env)
         async with Callers() as callers:
             calls = await asyncio.gather(*(callers.call((a, b)[i % 2].wire()) for i in range(12)))

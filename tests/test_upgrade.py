@@ -68,5 +68,7 @@ async def test_an_old_project_keeps_its_records_api_token_and_stream_secret(proj
     assert [t["text"] for t in done["transcript"]] == ["Hello from before."]
     # Left open by a server that is gone: start-up recovery ends it, as before.
     assert live["status"] == "interrupted" and live["ended_at"]
-    names = [row[0] for row in sqlite3.connect(project / ".voicecli" / "calls.db").execute("SELECT name FROM _migrations")]
+    db = sqlite3.connect(project / ".voicecli" / "calls.db")
+    names = [row[0] for row in db.execute("SELECT name FROM _migrations")]
+    db.close()
     assert names == ["m001_calls_and_transcripts", "m002_instances_and_nonces", "m003_shared_state"]

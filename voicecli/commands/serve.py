@@ -38,6 +38,13 @@ def serve(
         str | None,
         typer.Option(help="Serving processes on one port: a number, or auto (one per core) (VOICECLI_WORKERS)."),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="PostgreSQL URL shared by several instances (VOICECLI_DATABASE_URL); default SQLite in .voicecli/.",
+        ),
+    ] = None,
 ) -> None:
     """Serve agents on an aiohttp server: webhooks, media streams and the management API."""
     import asyncio
@@ -48,7 +55,7 @@ def serve(
     from voicecli.settings import load_settings
 
     logs.configure(log_level)
-    flags = {"public_base_url": public_base_url, "provider": provider, "workers": workers}
+    flags = {"public_base_url": public_base_url, "provider": provider, "workers": workers, "database_url": database}
     settings = load_settings(config_path=config, flags=flags)
     agents = load_agents(agents_dir, agent)
     require_keys(agents, settings.env)
