@@ -1,9 +1,10 @@
 """`voicecli serve --workers N`: a supervisor that binds the port, and N workers that serve it.
 
 The supervisor never imports pipecat and never serves a request: it binds the listening
-socket (so `--port 0` works), runs start-up recovery once, opens the tunnel and prints the
-banner once, then starts N worker processes (`python -m voicecli.worker`) that inherit the
-socket, each with its own event loop and pipelines. Everything the workers must agree on
+socket (so `--port 0` works; on Linux one socket per worker on that port, see `listen`), runs
+start-up recovery once, opens the tunnel and prints the banner once, then starts N worker
+processes (`python -m voicecli.worker`) that inherit it, each with its own event loop and
+pipelines. Everything the workers must agree on
 (records, slots, settings) is in the store they share. A worker that dies is replaced; its
 calls become `interrupted` and its slots come back at once. Ctrl-C drains every worker; a
 second Ctrl-C cuts them.
@@ -88,13 +89,29 @@ class WorkerSpec:
         return cls(**json.loads(text))
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The one listening socket every worker accepts on; a VoicecliError when it cannot bind."""
+# One listening socket per worker, all on the port (SO_REUSEPORT), where the kernel spreads
+# new connections over them by hash: with one shared socket, the busiest worker (its event
+# loop polling most often) wins nearly every accept, and one worker ends up with the calls.
+SPREAD_BY_KERNEL = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def listen(host: str, port: int, count: int) -> list[socket.socket]:
+    """The listening sockets the workers accept on: one per worker where the kernel spreads
+    connections over them, else one they all share. A VoicecliError when the port is taken."""
+    sockets: list[socket.socket] = []
     try:
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        return socket.create_server((host, port), family=family, backlog=1024)
+        for _ in range(count if SPREAD_BY_KERNEL else 1):
+            # The first binds (port 0 picks one); the others join it on the same port.
+            bound = sockets[0].getsockname()[1] if sockets else port
+            sockets.append(
+                socket.create_server((host, bound), family=family, backlog=1024, reuse_port=SPREAD_BY_KERNEL)
+            )
     except OSError as exc:
+        for each in sockets:
+            each.close()
         raise VoicecliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Try --port.") from None
+    return sockets
 
 
 @dataclass
@@ -102,6 +119,7 @@ class Worker:
     """One running worker process."""
 
     number: int
+    seat: int  # which listening socket it accepts on: a replacement takes the same one
     holder: str
     proc: asyncio.subprocess.Process
     ready: bool = False
@@ -111,9 +129,14 @@ class Supervisor:
     """Starts the workers, replaces the ones that die, and stops them all on a signal."""
 
     def __init__(
-        self, state: ServerState, store: CallStore, plan: WorkerPlan, sock: socket.socket, flags: dict[str, Any]
+        self,
+        state: ServerState,
+        store: CallStore,
+        plan: WorkerPlan,
+        sockets: list[socket.socket],
+        flags: dict[str, Any],
     ):
-        self.state, self.store, self.plan, self.sock, self.flags = state, store, plan, sock, flags
+        self.state, self.store, self.plan, self.sockets, self.flags = state, store, plan, sockets, flags
         self.workers: dict[int, Worker] = {}
         self.numbers = 0
         self.failed_starts = 0
@@ -125,8 +148,10 @@ class Supervisor:
         self._pending_restarts = 0
 
     # --- starting -----------------------------------------------------------------------
-    async def spawn(self) -> None:
-        """Start the next worker (numbered from 1; a replacement gets a new number)."""
+    async def spawn(self, seat: int) -> None:
+        """Start the next worker (numbered from 1; a replacement gets a new number, and the
+        listening socket of the one it replaces, with the connections waiting on it)."""
+        sock = self.sockets[seat % len(self.sockets)]
         self.numbers += 1
         number = self.numbers
         holder = f"{self.state.instance}/w{number}"
@@ -137,7 +162,7 @@ class Supervisor:
             instance=self.state.instance,
             holder=holder,
             supervisor_pid=os.getpid(),
-            listen_fd=self.sock.fileno(),
+            listen_fd=sock.fileno(),
             ready_fd=ready_w,
             project_dir=str(settings.project_dir),
             config_path=str(self.plan.config_path),
@@ -157,12 +182,12 @@ class Supervisor:
                 "voicecli.worker",
                 spec.to_json(),
                 cwd=settings.project_dir,
-                pass_fds=(self.sock.fileno(), ready_w),
+                pass_fds=(sock.fileno(), ready_w),
                 start_new_session=True,
             )
         finally:
             os.close(ready_w)
-        worker = Worker(number, holder, proc)
+        worker = Worker(number, seat, holder, proc)
         self.workers[number] = worker
         logger.info(f"worker {number} started (pid {proc.pid})")
         self._watch_ready(worker, ready_r)
@@ -228,7 +253,7 @@ class Supervisor:
         if self.stopping:
             self._check_done()
         else:
-            await self.spawn()
+            await self.spawn(worker.seat)
 
     def _check_done(self) -> None:
         if not self.workers and not self._pending_restarts:
@@ -275,7 +300,7 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
     """
     from voicecli.server_state import open_shared
 
-    sock = listen(plan.host, plan.port)
+    sockets = listen(plan.host, plan.port, plan.count)
     store = state.store
     try:
         # The API token for the CLI, and the store checked before any worker depends on it.
@@ -284,16 +309,16 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
         # Start-up recovery, once for every worker (they start with recover=False).
         if ended := await state.membership.sweep():
             logger.warning(f"{ended} call(s) left open by a server that was killed: marked interrupted")
-        url = f"http://{plan.host}:{sock.getsockname()[1]}"
+        url = f"http://{plan.host}:{sockets[0].getsockname()[1]}"
         await on_started(url)
-        supervisor = Supervisor(state, store, plan, sock, worker_flags(state.settings))
+        supervisor = Supervisor(state, store, plan, sockets, worker_flags(state.settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, supervisor.on_signal)
         state_dir = state.settings.state_dir
         try:
-            for _ in range(plan.count):
-                await supervisor.spawn()
+            for seat in range(plan.count):
+                await supervisor.spawn(seat)
             await supervisor.wait_until_serving()
             if not supervisor.stopping:
                 # The CLI talks to this instance through the supervisor's entry, once all serve.
@@ -308,5 +333,6 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
             raise VoicecliError(supervisor.gave_up)
         logger.info("server stopped")
     finally:
-        sock.close()
+        for each in sockets:
+            each.close()
         await store.close()
