@@ -12,14 +12,23 @@ from voicecli.state import API_TOKEN_FILE
 from voicecli.urls import stream_url, webhook_url
 
 
-def print_banner(state: ServerState, local_url: str, tunnel: str | None = None) -> None:
+def print_banner(state: ServerState, local_url: str, tunnel: str | None = None, workers: int = 1) -> None:
     """Print the banner (URLs whole, also when the output is a file); `tunnel` is its public URL."""
     console = stdout()
     settings = state.settings
     base = settings.public_base_url or local_url
-    console.print(Text(f"voicecli serving on {local_url}", style="bold green"))
+    processes = f" ({workers} workers)" if workers > 1 else ""
+    console.print(Text(f"voicecli serving on {local_url}{processes}", style="bold green"))
     if tunnel:
         console.print(Text(f"ngrok tunnel: {tunnel} -> {local_url} (PUBLIC_BASE_URL for this run)", style="green"))
+        if settings.database_url:
+            console.print(
+                Text(
+                    "warning: the tunnel reaches this instance only; the other instances sharing the "
+                    "database take calls only at their own public URL (or behind one load balancer)",
+                    style="yellow",
+                )
+            )
     elif settings.public_base_url:
         console.print(f"PUBLIC_BASE_URL: {settings.public_base_url}")
     else:

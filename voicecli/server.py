@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -67,17 +68,23 @@ async def serve(
     port: int,
     drain_timeout: float,
     on_started: Callable[[str], Awaitable[None] | None] | None = None,
+    *,
+    sock: socket.socket | None = None,
+    record: bool = True,
 ) -> None:
     """Serve until SIGINT/SIGTERM; drain calls on the first signal, cut them on the second.
 
     `on_started(url)` runs once the port is bound (a tunnel needs it); it may be async.
+    `sock`: a listening socket to accept on instead of binding host:port (a worker's,
+    inherited from `serve --workers`' supervisor). `record`: list this process in
+    server.json; a worker does not, its supervisor is listed once for the whole instance.
     """
     app = create_app(state)
     # Drain has ended every call before cleanup: what is left (a client mid-request) gets
     # the cut's few seconds, not aiohttp's default minute.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=state.timeouts.cut_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site: web.BaseSite = web.SockSite(runner, sock) if sock else web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as exc:
@@ -89,7 +96,8 @@ async def serve(
     url = f"http://{host}:{bound_port}"
     state_dir = state.settings.state_dir
     # Only a server that got its port joins the list the CLI reads.
-    record_server(state_dir, ServerInfo(url, os.getpid(), sorted(state.agents), state.instance))
+    if record:
+        record_server(state_dir, ServerInfo(url, os.getpid(), sorted(state.agents), state.instance))
 
     stop, force = asyncio.Event(), asyncio.Event()
 
@@ -112,6 +120,7 @@ async def serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        forget_server(state_dir, os.getpid())
+        if record:
+            forget_server(state_dir, os.getpid())
         await runner.cleanup()
         logger.info("server stopped")

@@ -34,6 +34,10 @@ def serve(
             help="Point the Twilio number's voice URL at this server; print what to paste for the others.",
         ),
     ] = False,
+    workers: Annotated[
+        str | None,
+        typer.Option(help="Serving processes on one port: a number, or auto (one per core) (VOICECLI_WORKERS)."),
+    ] = None,
 ) -> None:
     """Serve agents on an aiohttp server: webhooks, media streams and the management API."""
     import asyncio
@@ -44,7 +48,8 @@ def serve(
     from voicecli.settings import load_settings
 
     logs.configure(log_level)
-    settings = load_settings(config_path=config, flags={"public_base_url": public_base_url, "provider": provider})
+    flags = {"public_base_url": public_base_url, "provider": provider, "workers": workers}
+    settings = load_settings(config_path=config, flags=flags)
     agents = load_agents(agents_dir, agent)
     require_keys(agents, settings.env)
     if tunnel and public_base_url:
@@ -60,19 +65,16 @@ def serve(
             f"--update-webhook points a number at one agent: pick one with --agent ({', '.join(agents)})"
         )
 
-    # Only now the server and pipecat (a second of imports): a bad setup fails fast and quietly.
     from urllib.parse import urlsplit
 
     from voicecli.banner import print_banner
     from voicecli.console import stdout
-    from voicecli.server import event_loop_factory
-    from voicecli.server import serve as run_server
     from voicecli.server_state import build_state
-    from voicecli.session import warm_up
     from voicecli.tunnel import Tunnel, announce_webhooks, open_tunnel
+    from voicecli.workers import WorkerPlan, supervise, worker_count
 
     state = build_state(settings, agents)
-    warm_up(agents.values(), settings.env)
+    count = worker_count(settings.workers)
     opened: list[Tunnel] = []
 
     async def started(url: str) -> None:
@@ -82,15 +84,28 @@ def serve(
             # reaches us from loopback and names the real client in X-Forwarded-For.
             trusted = ",".join(filter(None, (state.settings.trusted_proxies, "127.0.0.1/32", "::1/128")))
             changes = {"public_base_url": opened[0].public_url, "trusted_proxies": trusted}
-            state.apply_settings(state.settings.with_file_changes(changes))
-        print_banner(state, url, tunnel=opened[0].public_url if opened else None)
+            state.apply_settings(state.settings.with_flags(changes))
+        print_banner(state, url, tunnel=opened[0].public_url if opened else None, workers=count)
         if update_webhook:
             for line in await announce_webhooks(state.settings, next(iter(agents))):
                 stdout().print(line, soft_wrap=True)
 
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run_server(state, host, port, drain_timeout, started))
+        if count > 1:
+            # The supervisor serves nothing itself: pipecat is the workers' to import.
+            where = WorkerPlan(
+                count, host, port, drain_timeout, log_level, agents_dir, list(agents), settings.config_path
+            )
+            asyncio.run(supervise(state, where, started))
+        else:
+            # Only now the server and pipecat (a second of imports): a bad setup fails fast and quietly.
+            from voicecli.server import event_loop_factory
+            from voicecli.server import serve as run_server
+            from voicecli.session import warm_up
+
+            warm_up(agents.values(), settings.env)
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(run_server(state, host, port, drain_timeout, started))
     finally:
         # After the server has stopped: calls draining after Ctrl-C still need the tunnel.
         for each in opened:
