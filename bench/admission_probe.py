@@ -9,7 +9,10 @@ It times, inside the server, how long admission takes:
   handler itself, so upgrade -> slot taken is all server-side: the signature check, the limit
   read (`may_upgrade`), and the store's check-and-take.
 
-GET /bench/admission returns every take since the last POST /bench/admission/reset.
+It also samples the event loop's lag (a 5 ms sleep's overshoot): a take whose store work is
+done waits for the loop to run its continuation, so a busy loop shows in every take.
+
+GET /bench/admission returns every take (and lag sample) since the last POST /bench/admission/reset.
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from aiohttp import web
 _arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("bench_arrived", default=None)
 # (kind, request arrived, take called, take returned, got a slot)
 _takes: list[tuple[str, float | None, float, float, bool]] = []
+_lag_ms: list[float] = []
 _installed = False
+LAG_TICK_S = 0.005
+
+
+async def _sample_lag() -> None:
+    import asyncio
+
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(LAG_TICK_S)
+        _lag_ms.append((time.perf_counter() - t0 - LAG_TICK_S) * 1000)
 
 
 @web.middleware
@@ -56,13 +70,22 @@ def install(app: web.Application) -> None:
     app.middlewares.insert(0, _note_arrival)
 
     async def read(request: web.Request) -> web.Response:
-        return web.json_response(
-            [{"kind": k, "arrived": a, "called": c, "returned": r, "slot": s} for k, a, c, r, s in _takes]
-        )
+        takes = [{"kind": k, "arrived": a, "called": c, "returned": r, "slot": s} for k, a, c, r, s in _takes]
+        return web.json_response({"takes": takes, "lag_ms": _lag_ms})
 
     async def reset(request: web.Request) -> web.Response:
         _takes.clear()
+        _lag_ms.clear()
         return web.json_response({"ok": True})
+
+    async def lag_sampler(app: web.Application):  # noqa: ANN202
+        import asyncio
+
+        task = asyncio.create_task(_sample_lag())
+        yield
+        task.cancel()
+
+    app.cleanup_ctx.append(lag_sampler)
 
     app.router.add_get("/bench/admission", read)
     app.router.add_post("/bench/admission/reset", reset)

@@ -214,7 +214,11 @@ ROW_FIGURES = (
 def capacity(rows: list[dict[str, Any]], server: str, reply_ms: float = math.inf) -> int:
     """Issue 6's capacity; with `reply_ms`, also replying within it (p50, caller's last word to reply)."""
     return max(
-        (r["n"] for r in rows if r["server"] == server and r["ok"] and r["turn_steady_p50_ms"] <= reply_ms),
+        (
+            r["n"]
+            for r in rows
+            if r["server"] == server and r["ok"] and (reply_ms == math.inf or r["turn_steady_p50_ms"] <= reply_ms)
+        ),
         default=0,
     )
 
