@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import WSCloseCode, web
 from loguru import logger
@@ -323,20 +323,20 @@ class CallOwner:
         provider = state.provider(provider_name)
         deadline = time.monotonic() + self.timeouts.start_s
         signed = provider.check_upgrade(request, state.public_url(request))  # raises 403 when forged
-        if not await state.limiter.may_upgrade(provider_name):
-            limit = provider.max_concurrent
-            logger.warning(f"{provider_name} stream refused: {limit} concurrent calls already")
-            raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its limit of {limit} concurrent calls\n")
         token = provider.upgrade_token(request)
         call_id: str | None = None
         slot: Slot | None = None
         client: str | None = None
+        # A proved stream's slot take is itself the limit check (one store round trip on the
+        # admission path); the limit is read separately only to tell a full house from a lost race.
         if token is not None:
             call_id = verify_token(state.secret, token, provider_name, agent, time.time())
             if call_id is None:
                 raise web.HTTPForbidden(text="invalid or expired stream token\n")
             slot = await state.limiter.take(provider_name, claim=call_id)
             if slot is None:
+                if not await state.limiter.may_upgrade(provider_name):
+                    self._refuse_at_limit(provider)
                 await self._lost_race(provider_name, call_id)
                 raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its concurrency limit\n")
         elif signed:
@@ -344,8 +344,10 @@ class CallOwner:
             # which its token (in `start`) will claim.
             slot = await state.limiter.take(provider_name)
             if slot is None and not (await state.limiter.counts()).get(provider_name, SlotCount()).reserved:
-                raise web.HTTPServiceUnavailable(text=f"{provider_name} is at its concurrency limit\n")
+                self._refuse_at_limit(provider)
         else:
+            if not await state.limiter.may_upgrade(provider_name):  # unproven: nothing taken yet
+                self._refuse_at_limit(provider)
             client = client_address(request, state.settings.trusted_proxies)
             if not self.unproven.enter(client):
                 logger.warning(f"{provider_name} stream refused: too many unproven upgrades from {client}")
@@ -369,6 +371,11 @@ class CallOwner:
         if admitted is not None:
             await self._run(admitted, agent, messages)
         return ws
+
+    def _refuse_at_limit(self, provider: Provider) -> NoReturn:
+        limit = provider.max_concurrent
+        logger.warning(f"{provider.name} stream refused: {limit} concurrent calls already")
+        raise web.HTTPServiceUnavailable(text=f"{provider.name} is at its limit of {limit} concurrent calls\n")
 
     async def _lost_race(self, provider: str, call_id: str) -> None:
         limit = self.state.provider(provider).max_concurrent

@@ -102,6 +102,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL survives a killed process; only an OS crash can lose the last commits.
         db.execute("PRAGMA synchronous=NORMAL")
+        # No checkpoint inside a commit: copying the log back into the database ends in an
+        # fsync (tens of ms here) that would stall whichever slot take or transcript line
+        # happened to commit. The lease keeper's thread checkpoints instead (`renew`).
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.execute("PRAGMA foreign_keys=ON")
         migrate(db)
     except BaseException:
@@ -365,6 +369,9 @@ class SQLiteLeaseConnection:
         if self._db is None:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=LEASE_S / 2)
         updated = self._db.execute(f"UPDATE holders SET expires_at = {_NOW} + ? WHERE id = ?", (LEASE_S, holder))
+        # Off the server's loop and its store thread: fold the log back into the database
+        # (PASSIVE never blocks a writer, it copies what no reader still needs).
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return updated.rowcount == 1
 
     async def close(self) -> None:
