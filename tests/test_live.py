@@ -66,7 +66,14 @@ STATUS = {
 
 def test_live_view_ticks_durations_and_shows_counts_and_the_last_thing_said() -> None:
     calls = [
-        call("call_a", "twilio", turns=3, last_role="caller", last_text="what is your pricing"),
+        call(
+            "call_a",
+            "twilio",
+            turns=3,
+            last_role="caller",
+            last_text="what is your pricing",
+            instance="db1-77-a1b2c3/w2",
+        ),
         call("call_b", "exotel"),
     ]
     first = text_of(live_view(calls, STATUS, STARTED + timedelta(seconds=65)))
@@ -75,6 +82,7 @@ def test_live_view_ticks_durations_and_shows_counts_and_the_last_thing_said() ->
     row = next(line for line in first.splitlines() if "call_a" in line)
     assert "1:05" in row and "3" in row and "caller: what is your pricing" in row
     assert "+15551230000" in row and "+15559870000" in row and "inbound" in row
+    assert "db1:77/w2" in row  # which instance and worker carries it
     assert "1:07" in next(line for line in later.splitlines() if "call_a" in line)  # it ticks
     assert "Active calls (2)" in first
 

@@ -69,10 +69,22 @@ COLUMNS: dict[str, Cell] = {
     "turns": lambda c, now: str(c.get("turns", "")),
     "last said": lambda c, now: _last_said(c),
     "end reason": lambda c, now: c.get("end_reason") or "",
+    "on": lambda c, now: carrier(c.get("instance")),
 }
 LIST_COLUMNS = ("id", "provider", "agent", "dir", "from", "to", "status", "started", "dur", "end reason")
-LIVE_COLUMNS = ("id", "provider", "agent", "dir", "from", "to", "status", "dur", "turns", "last said")
+LIVE_COLUMNS = ("id", "provider", "agent", "dir", "from", "to", "status", "dur", "on", "turns", "last said")
 LAST_SAID_MAX = 60
+
+
+def carrier(instance: str | None) -> str:
+    """Where a call runs, short: `host-pid-nonce/w2` (an instance's worker) reads `host:pid/w2`."""
+    if not instance:
+        return ""
+    base, slash, worker = instance.partition("/")
+    host, dash, rest = base.rpartition("-")  # the nonce
+    host, dash2, pid = host.rpartition("-")
+    short = f"{host}:{pid}" if dash and dash2 and pid.isdigit() else base
+    return short + slash + worker
 
 
 def calls_table(
