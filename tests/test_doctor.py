@@ -137,6 +137,8 @@ async def test_a_healthy_setup_passes(healthy: Setup, fake_twilio) -> None:
     code, rows, out = await healthy.doctor()
     assert code == 0, out
     url = healthy.server.url
+    status, detail, _ = rows["store"]
+    assert status == "ok" and "calls.db" in detail and "1 serving process(es) in 1 instance(s)" in detail
     assert rows["server running"][0] == "ok"
     assert rows["tunnel active"] == ("ok", url, "")
     assert rows["PUBLIC_BASE_URL"][0] == "warn"  # loopback is http; a real tunnel is https
@@ -147,6 +149,14 @@ async def test_a_healthy_setup_passes(healthy: Setup, fake_twilio) -> None:
     assert rows["agent demo"][0] == rows["agent sales"][0] == "ok"
     assert fake_twilio.find("GET", f"/Accounts/{TWILIO_SID}.json")  # the credential check really asked
     assert TWILIO_TOKEN not in out
+
+
+async def test_an_unreachable_store_fails_with_its_address_and_never_the_password(healthy: Setup) -> None:
+    healthy.write_env(VOICECLI_DATABASE_URL="postgresql://voicecli:hunter2-secret@127.0.0.1:9/voicecli")
+    code, rows, out = await healthy.doctor()
+    assert code == 1 and "Traceback" not in out and "hunter2-secret" not in out
+    status, problem, fix = rows["store"]
+    assert status == "fail" and "cannot open the store" in problem and "database_url" in fix
 
 
 async def test_no_server_running(healthy: Setup) -> None:
