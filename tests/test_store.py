@@ -363,8 +363,11 @@ async def test_racing_ends_leave_exactly_one_winner(store: CallStore) -> None:
     results = await asyncio.gather(*(store.finish(record.id, s, f"reason {i}") for i, s in enumerate(statuses)))
     assert len(set(results)) == 1
     winner = results[0]
-    assert winner is not None and (winner.status, winner.end_reason) == ("completed", "reason 0")
-    assert await store.get(record.id) == winner
+    assert winner is not None and await store.get(record.id) == winner
+    if isinstance(store, SQLiteCallStore):  # one thread, first in first out: the first call wins
+        assert (winner.status, winner.end_reason) == ("completed", "reason 0")
+    else:  # a pool of connections: whichever committed first, and only that one
+        assert (winner.status, winner.end_reason) in {(s, f"reason {i}") for i, s in enumerate(statuses)}
 
 
 async def test_racing_ends_from_separate_stores_leave_one_winner(store: CallStore, others: list[CallStore]) -> None:
