@@ -58,6 +58,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every process below it (a supervisor and its workers), as /proc lists them now."""
+    out, todo = [], [pid]
+    while todo:
+        each = todo.pop()
+        out.append(each)
+        for task in Path(f"/proc/{each}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                pass
+    return out
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds of each live process in `pids` (gone ones are left out)."""
+    out = {}
+    for each in pids:
+        try:
+            out[each] = cpu_seconds(each)
+        except OSError:
+            pass
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and everything below it, MB."""
+    total = 0.0
+    for each in tree_pids(pid):
+        try:
+            total += rss_mb(each)
+        except OSError:
+            pass
+    return total
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -1,9 +1,10 @@
-"""Every voicecli benchmark in one run: capacity against the baseline, CLI, webhook, turn latency.
+"""Every voicecli benchmark in one run: capacity (searched, per side), admission, CLI, webhook, turn latency.
 
     pip install -e '.[bench]'
-    python bench/run.py            # the full run (about 12 minutes on 2 cores)
-    python bench/run.py --quick    # a few N values, shorter windows (about 5 minutes)
-    python bench/run.py --only capacity --voicecli 8,12 --baseline 6
+    python bench/run.py            # the full run (about 30 minutes on 2 cores)
+    python bench/run.py --quick    # coarser searches, shorter windows (about 15 minutes)
+    python bench/run.py --only capacity --voicecli 8,12 --baseline 6 --workers1 '' --workers2 ''
+    python bench/run.py --only admission
 
 Prints each section's table, then a summary against issue 6's targets; writes the figures to
 bench/results/latest.json.
@@ -21,18 +22,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import capacity, cli_latency, turn_latency, webhook  # noqa: E402
+from bench import admission, capacity, cli_latency, turn_latency, webhook  # noqa: E402
 from bench.common import BENCH_DIR, fmt, table  # noqa: E402
+from bench.sides import SIDES  # noqa: E402
 
-SECTIONS = ("capacity", "cli", "webhook", "turn")
+SECTIONS = ("capacity", "admission", "cli", "webhook", "turn")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer N values and shorter windows")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
-    parser.add_argument("--voicecli", default=None, help="N values for voicecli (comma-separated)")
-    parser.add_argument("--baseline", default=None, help="N values for the baseline (comma-separated)")
+    for side, about in SIDES.items():
+        parser.add_argument(
+            f"--{side}", default=None, help=f"{about}: N values (comma-separated), '' to skip (default: search)"
+        )
     parser.add_argument("--steady-s", type=float, default=None)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
     args = parser.parse_args()
@@ -49,17 +53,16 @@ def main() -> None:
         print(flush=True)
 
     if "capacity" in only:
-        cap_args = [
-            "--voicecli",
-            args.voicecli or ("8,14,18" if args.quick else "8,12,14,16,18"),
-            "--baseline",
-            args.baseline or ("4,6" if args.quick else "4,6,8"),
-            "--steady-s",
-            str(args.steady_s or (10 if args.quick else 15)),
-        ]
+        cap_args = ["--steady-s", str(args.steady_s or (10 if args.quick else 15))]
+        for side in SIDES:
+            value = getattr(args, side)
+            cap_args += [f"--{side}", "search" if value is None else value]
         if args.quick:
-            cap_args += ["--ramp-s", "5", "--depart-s", "5"]
+            cap_args += ["--ramp-s", "5", "--depart-s", "5", "--resolution", "2"]
         section("capacity", capacity.main, cap_args)
+    if "admission" in only:
+        quick = ["--stream-s", "8", "--dial-s", "3", "--store-s", "3"] if args.quick else []
+        section("admission", admission.main, quick)
     if "cli" in only:
         section("cli", cli_latency.main, ["--repeat", "5" if args.quick else "10"])
     if "webhook" in only:
@@ -81,40 +84,9 @@ def summary(report: dict[str, Any]) -> str:
     """Issue 6's targets against what this run measured."""
     rows = []
     if "capacity" in report:
-        rows_ = report["capacity"]["rows"]
-        cap = report["capacity"]["capacity"]
-
-        def at(server: str, key: str) -> float:
-            return capacity.at_capacity(rows_, server, key)
-
-        ratio = cap["voicecli"] / cap["baseline"] if cap["baseline"] else float("nan")
-        cpu_v, cpu_b = at("voicecli", "cpu_s_per_call_min"), at("baseline", "cpu_s_per_call_min")
-        rss_v = at("voicecli", "rss_per_call_mb")
-        ok_v = [r for r in rows_ if r["server"] == "voicecli" and r["ok"]]
-        arr = max((r["late_arrivals_p99_ms"] for r in ok_v), default=float("nan"))
-        dep = max((r["late_departures_p99_ms"] for r in ok_v), default=float("nan"))
-        rows += [
-            [
-                "steady capacity, one process",
-                f"voicecli {cap['voicecli']}, baseline {cap['baseline']} (x{fmt(ratio, 2)})",
-                ">= 1.5x baseline",
-                _met(ratio >= 1.5),
-            ],
-            ["concurrent calls on this machine", str(cap["voicecli"]), ">= 50", _met(cap["voicecli"] >= 50)],
-            [
-                "CPU-s per call-minute at capacity",
-                f"voicecli {fmt(cpu_v, 2)}, baseline {fmt(cpu_b, 2)}",
-                "<= 2",
-                _met(cpu_v <= 2),
-            ],
-            ["RSS per call at capacity", f"{fmt(rss_v, 1)} MB", "<= 15 MB", _met(rss_v <= 15)],
-            [
-                "p99 lateness while calls arrive / leave (passing N)",
-                f"{fmt(arr, 0)} / {fmt(dep, 0)} ms",
-                "<= 40 ms",
-                _met(not math.isnan(arr) and arr <= 40 and dep <= 40),
-            ],
-        ]
+        rows += _capacity_rows(report["capacity"])
+    if "admission" in report:
+        rows += _admission_rows(report["admission"])
     if "turn" in report:
         runner = report["turn"]["p50"]["runner"]
         rows.append(
@@ -144,7 +116,94 @@ def summary(report: dict[str, Any]) -> str:
     if "webhook" in report:
         w = report["webhook"]
         rows.append(["webhook, 50 clients", f"{fmt(w['rps'], 0)} req/s, p99 {fmt(w['p99_ms'], 1)} ms", "-", "-"])
-    return "# summary against issue 6's targets\n" + table(["figure", "measured", "target", ""], rows)
+    return "# summary against the targets (issue 6; multi-process serving and admission)\n" + table(
+        ["figure", "measured", "target", ""], rows
+    )
+
+
+def _capacity_rows(cap_report: dict[str, Any]) -> list[list[str]]:
+    rows_, cap, ratio = cap_report["rows"], cap_report["capacity"], cap_report["ratios"]
+
+    def at(server: str, key: str) -> float:
+        return capacity.at_capacity(rows_, server, key)
+
+    out = [
+        [
+            "largest passing N per side (searched)",
+            ", ".join(f"{side} {n}" for side, n in cap.items()),
+            "-",
+            "-",
+        ]
+    ]
+    for name, target in (("voicecli/baseline", 1.5), ("workers2/workers1", 1.5)):
+        if name in ratio:
+            out.append([f"capacity {name}", f"x{fmt(ratio[name], 2)}", f">= {target}", _met(ratio[name] >= target)])
+    for name in ("workers1/baseline", "workers2/baseline"):
+        if name in ratio:
+            out.append([f"capacity {name}", f"x{fmt(ratio[name], 2)}", "-", "-"])
+    best = max(cap.values(), default=0)
+    out.append(["concurrent calls on this machine", str(best), ">= 50", _met(best >= 50)])
+    for side in ("voicecli", "workers2"):
+        if side in cap:
+            share = at(side, "load_cpu_share")
+            spread = capacity.spread_text(capacity.at_capacity_row(rows_, side).get("spread"))
+            out.append(
+                [
+                    f"{side} at capacity: callers' CPU share; calls per worker",
+                    f"{fmt(100 * share, 0)} % of all CPU ({fmt(at(side, 'load_cpu_pct'), 0)} % of a core); {spread}",
+                    "-",
+                    "-",
+                ]
+            )
+    if "voicecli" in cap:
+        cpu_v = at("voicecli", "cpu_s_per_call_min")
+        rss_v = at("voicecli", "rss_per_call_mb")
+        ok_v = [r for r in rows_ if r["server"] == "voicecli" and r["ok"]]
+        arr = max((r["late_arrivals_p99_ms"] for r in ok_v), default=float("nan"))
+        dep = max((r["late_departures_p99_ms"] for r in ok_v), default=float("nan"))
+        out += [
+            [
+                "CPU-s per call-minute at capacity",
+                f"voicecli {fmt(cpu_v, 2)}, baseline {fmt(at('baseline', 'cpu_s_per_call_min'), 2)}",
+                "<= 2",
+                _met(cpu_v <= 2),
+            ],
+            ["RSS per call at capacity", f"{fmt(rss_v, 1)} MB", "<= 15 MB", _met(rss_v <= 15)],
+            [
+                "p99 lateness while calls arrive / leave (passing N)",
+                f"{fmt(arr, 0)} / {fmt(dep, 0)} ms",
+                "<= 40 ms",
+                _met(not math.isnan(arr) and arr <= 40 and dep <= 40),
+            ],
+        ]
+    return out
+
+
+def _admission_rows(adm: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for backend, result in adm["backends"].items():
+        st, di = result["server"]["streams"], result["server"]["dials"]
+        p99 = st["arrival_to_slot_p99_ms"]
+        store = result["store"][-1]
+        out.append(
+            [
+                f"{backend}: stream upgrade -> slot taken (in the server)",
+                f"p50 {fmt(st['arrival_to_slot_p50_ms'], 2)}, p99 {fmt(p99, 2)} ms "
+                f"(take_slot p99 {fmt(st['take_p99_ms'], 2)}; store alone x{store['procs']} p99 "
+                f"{fmt(store['take_p99_ms'], 2)})",
+                f"p99 <= {admission.TARGET_P99_MS:g} ms",
+                _met(p99 <= admission.TARGET_P99_MS),
+            ]
+        )
+        out.append(
+            [
+                f"{backend}: dials per second",
+                f"{fmt(di['per_s'], 0)}/s (request p99 {fmt(di['request_p99_ms'], 1)} ms)",
+                "-",
+                "-",
+            ]
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -62,6 +62,16 @@ def main() -> None:
     parser.add_argument(
         "--input-frame-ms", type=int, default=None, help="for A/B runs: voicecli.transport.INPUT_FRAME_MS"
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for this server, as its variable (repeatable): TWILIO_AUTH_TOKEN, VOICECLI_DATABASE_URL...",
+    )
+    parser.add_argument(
+        "--admission-probe", action="store_true", help="time every slot taken (bench/admission_probe.py)"
+    )
     parser.add_argument("--demo", action="store_true", help="serve the offline demo agent (agents/demo.toml) instead")
     parser.add_argument("--project", type=Path, default=None, help="project folder (default: a temporary one)")
     parser.add_argument(
@@ -92,8 +102,9 @@ def main() -> None:
         shutil.copy(Path(__file__).resolve().parent.parent / "agents" / "demo.toml", project / "agents" / "demo.toml")
         name = "demo"
     logs.configure(args.log_level)
-    # Only what the bench sets: no signature checks (no TWILIO_AUTH_TOKEN), a limit above any N.
-    settings = load_settings(project, environ={"TWILIO_MAX_CONCURRENT": "10000"})
+    # Only what the bench sets (no signature checks: no TWILIO_AUTH_TOKEN; a limit above any N), and --env.
+    environ = {"TWILIO_MAX_CONCURRENT": "10000", **dict(item.split("=", 1) for item in args.env)}
+    settings = load_settings(project, environ=environ)
     agents = load_agents(project / "agents", [name])
     require_keys(agents, settings.env)
     state = build_state(settings, agents)
@@ -105,6 +116,10 @@ def main() -> None:
 
         voicecli.transport.INPUT_FRAME_MS = args.input_frame_ms
     app = create_app(state)
+    if args.admission_probe:
+        from bench import admission_probe
+
+        admission_probe.install(app)
     if args.probe:
         from bench import probe
 
