@@ -51,8 +51,8 @@ _NOW = "extract(epoch from clock_timestamp())::double precision"  # the database
 _CHANNEL = "voicecli_events"
 # Advisory lock keys. The one-key and two-key forms are separate key spaces in PostgreSQL.
 _MIGRATION_LOCK = 0x766F696365636C69  # "voicecli"
-_SLOT_LOCK = 0x736C6F74  # "slot", with hashtext(provider) as the second key
 _EVENT_LOCK = 0x65766E74  # "evnt"
+# (0x736C6F74, "slot", with hashtext(provider): taken inside voicecli_take_slot, migration m004.)
 _LIVE = sorted(PROGRESS_ORDER)  # the statuses of a call not yet ended
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
@@ -470,7 +470,7 @@ class PostgresCallStore:
 
         return await self._write(sweep)
 
-    # --- slots: check and take in one transaction --------------------------------------------
+    # --- slots: check and take in one statement -----------------------------------------------
     async def take_slot(
         self, provider: str, limit: int, holder: str, *, claim: str | None = None, reserve: str | None = None
     ) -> str | None:
@@ -481,35 +481,12 @@ class PostgresCallStore:
         `reserve`: the new slot is a dial's reservation, named by that call id.
         Slots of expired holders do not count.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Every instance taking this provider's slots queues here, so the count is exact.
-            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _SLOT_LOCK, provider)
-            if claim is not None:
-                claimed = await conn.fetchval(
-                    "UPDATE slots SET holder = $1, reserved_for = NULL WHERE reserved_for = $2 AND provider = $3"
-                    " RETURNING id",
-                    holder,
-                    claim,
-                    provider,
-                )
-                if claimed is not None:
-                    return claimed
-            held = await conn.fetchval(
-                f"SELECT count(*) FROM slots s JOIN holders h ON h.id = s.holder"
-                f" WHERE s.provider = $1 AND h.expires_at > {_NOW}",
-                provider,
-            )
-            if held >= limit:
-                return None
-            slot = uuid.uuid4().hex
-            await conn.execute(
-                f"INSERT INTO slots (id, provider, holder, reserved_for, taken_at) VALUES ($1, $2, $3, $4, {_NOW})",
-                slot,
-                provider,
-                holder,
-                reserve,
-            )
-            return slot
+        # One round trip (migration m004): the function queues on the provider's advisory lock,
+        # so every instance's count is exact, and holds it only while it runs in the database.
+        slot = uuid.uuid4().hex
+        return await self.pool.fetchval(
+            "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)", provider, limit, holder, claim, reserve, slot
+        )
 
     async def release_slot(self, slot: str) -> None:
         """Give a slot back; releasing one already gone does nothing."""
