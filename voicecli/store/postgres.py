@@ -62,6 +62,10 @@ _NAMES = _COLUMNS.split(", ")
 _INSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(_NAMES)))})"
 _REWRITE = f"UPDATE calls SET {', '.join(f'{name} = ${n + 2}' for n, name in enumerate(_NAMES[1:]))} WHERE id = $1"
 _SCHEMES = ("postgresql", "postgres")
+_POOL_SIZE = 5
+_TAKE_SLOT = "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)"  # migration m004
+_SLOT_COUNTS = f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
+    FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
 
 
 def redact(url: str) -> str:
@@ -76,6 +80,23 @@ def redact(url: str) -> str:
         pairs = [(name, "****" if name == "password" else value) for name, value in parse_qsl(query)]
         query = urlencode(pairs, safe="/")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+async def _warm(conn: asyncpg.Connection) -> None:
+    """Run a new connection's admission statements once. The first run on a connection costs
+    milliseconds (statements prepared, the function compiled and planned, catalogs read by its
+    backend): paid here at open, not by the first streams each connection admits."""
+    await conn.fetch(_SLOT_COUNTS)
+    # Limit 0 and a claim nobody holds: the take's whole path up to its refusal, taking nothing.
+    await conn.fetchval(_TAKE_SLOT, "", 0, "", "", None, "")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Give a connection back to the pool as it is: no reset query. asyncpg's default reset
+    (advisory unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) is a round trip every pool user
+    waits for, doubling a one-statement take; pool connections never hold session state to
+    undo (no session locks, cursors, LISTENs or SETs; the migration lock and LISTEN have their
+    own connections), and asyncpg still rolls back a transaction left open before this runs."""
 
 
 async def _rewrite(conn: asyncpg.Connection, record: CallRecord) -> None:
@@ -174,14 +195,19 @@ class PostgresCallStore:
         """Connect, and apply the migrations this database has not had yet (once, cluster-wide)."""
         if self._pool is not None:
             return
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=5)
-        self._notified = asyncio.Event()  # of this open's event loop
+        # Migrated on a connection of its own: the pool's connections are warmed (`_warm`) with
+        # statements the migrations create.
+        conn = await asyncpg.connect(self.url)
         try:
-            async with pool.acquire() as conn:
-                await self._migrate(conn)
-        except BaseException:
-            await pool.close()
-            raise
+            await self._migrate(conn)
+        finally:
+            await conn.close()
+        # Every connection opened now, not while streams wait on a take; the size is the most
+        # each process opens (workers x instances add up under max_connections).
+        pool = await asyncpg.create_pool(
+            self.url, min_size=_POOL_SIZE, max_size=_POOL_SIZE, init=_warm, reset=_keep_session
+        )
+        self._notified = asyncio.Event()  # of this open's event loop
         self._pool = pool
 
     @staticmethod
@@ -483,10 +509,7 @@ class PostgresCallStore:
         """
         # One round trip (migration m004): the function queues on the provider's advisory lock,
         # so every instance's count is exact, and holds it only while it runs in the database.
-        slot = uuid.uuid4().hex
-        return await self.pool.fetchval(
-            "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)", provider, limit, holder, claim, reserve, slot
-        )
+        return await self.pool.fetchval(_TAKE_SLOT, provider, limit, holder, claim, reserve, uuid.uuid4().hex)
 
     async def release_slot(self, slot: str) -> None:
         """Give a slot back; releasing one already gone does nothing."""
@@ -499,11 +522,7 @@ class PostgresCallStore:
 
     async def slot_counts(self) -> dict[str, SlotCount]:
         """Live holders' slots per provider (providers with none are absent)."""
-        rows = await self.pool.fetch(
-            f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
-                FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW}
-                GROUP BY s.provider"""
-        )
+        rows = await self.pool.fetch(_SLOT_COUNTS)
         return {row["provider"]: SlotCount(row["held"], row["reserved"]) for row in rows}
 
     # --- events between processes --------------------------------------------------------------
