@@ -62,7 +62,6 @@ _NAMES = _COLUMNS.split(", ")
 _INSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(_NAMES)))})"
 _REWRITE = f"UPDATE calls SET {', '.join(f'{name} = ${n + 2}' for n, name in enumerate(_NAMES[1:]))} WHERE id = $1"
 _SCHEMES = ("postgresql", "postgres")
-_POOL_SIZE = 5
 _TAKE_SLOT = "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)"  # migration m004
 _SLOT_COUNTS = f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
     FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
@@ -82,21 +81,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-async def _warm(conn: asyncpg.Connection) -> None:
-    """Run a new connection's admission statements once. The first run on a connection costs
-    milliseconds (statements prepared, the function compiled and planned, catalogs read by its
-    backend): paid here at open, not by the first streams each connection admits."""
-    await conn.fetch(_SLOT_COUNTS)
-    # Limit 0 and a claim nobody holds: the take's whole path up to its refusal, taking nothing.
-    await conn.fetchval(_TAKE_SLOT, "", 0, "", "", None, "")
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Give a connection back to the pool as it is: no reset query. asyncpg's default reset
     (advisory unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) is a round trip every pool user
     waits for, doubling a one-statement take; pool connections never hold session state to
-    undo (no session locks, cursors, LISTENs or SETs; the migration lock and LISTEN have their
-    own connections), and asyncpg still rolls back a transaction left open before this runs."""
+    undo (no cursors, LISTENs or SETs; the migration's session lock is released before the pool
+    serves anything, or the pool is closed; LISTEN has its own connection), and asyncpg still
+    rolls back a transaction left open before this runs."""
 
 
 async def _rewrite(conn: asyncpg.Connection, record: CallRecord) -> None:
@@ -195,19 +186,14 @@ class PostgresCallStore:
         """Connect, and apply the migrations this database has not had yet (once, cluster-wide)."""
         if self._pool is not None:
             return
-        # Migrated on a connection of its own: the pool's connections are warmed (`_warm`) with
-        # statements the migrations create.
-        conn = await asyncpg.connect(self.url)
-        try:
-            await self._migrate(conn)
-        finally:
-            await conn.close()
-        # Every connection opened now, not while streams wait on a take; the size is the most
-        # each process opens (workers x instances add up under max_connections).
-        pool = await asyncpg.create_pool(
-            self.url, min_size=_POOL_SIZE, max_size=_POOL_SIZE, init=_warm, reset=_keep_session
-        )
+        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=5, reset=_keep_session)
         self._notified = asyncio.Event()  # of this open's event loop
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
         self._pool = pool
 
     @staticmethod
