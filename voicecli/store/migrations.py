@@ -90,6 +90,40 @@ _SHARED_INDEXES = (
     "CREATE INDEX calls_instance ON calls(instance, status)",
 )
 
+# m004: a slot taken in one round trip (PostgreSQL only; SQLite's take is already in-process).
+# The same steps as the take before it, in one statement's implicit transaction: queue on the
+# provider's advisory lock (the key the earlier take used, 0x736C6F74 = "slot" with
+# hashtext(provider), so instances from before and after this migration still exclude each
+# other), hand over a claimed reservation, else count live holders' slots and insert if there
+# is room. VOLATILE (the default) on purpose: each statement inside takes a fresh snapshot, so
+# the count sees every slot committed by the taker that held the lock before; a STABLE
+# function would count with the snapshot from before the lock and over-admit. The slot id
+# comes from the caller (uuid4 hex, as before; gen_random_uuid needs PostgreSQL 13).
+_TAKE_SLOT = """CREATE FUNCTION voicecli_take_slot(
+    p_provider TEXT, p_limit INTEGER, p_holder TEXT, p_claim TEXT, p_reserve TEXT, p_slot TEXT
+) RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+    claimed TEXT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1936486260, hashtext(p_provider));
+    IF p_claim IS NOT NULL THEN
+        UPDATE slots SET holder = p_holder, reserved_for = NULL
+            WHERE reserved_for = p_claim AND provider = p_provider RETURNING id INTO claimed;
+        IF claimed IS NOT NULL THEN
+            RETURN claimed;
+        END IF;
+    END IF;
+    IF (SELECT count(*) FROM slots s JOIN holders h ON h.id = s.holder
+        WHERE s.provider = p_provider
+          AND h.expires_at > extract(epoch from clock_timestamp())::double precision) >= p_limit THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO slots (id, provider, holder, reserved_for, taken_at)
+        VALUES (p_slot, p_provider, p_holder, p_reserve, extract(epoch from clock_timestamp())::double precision);
+    RETURN p_slot;
+END
+$$"""
+
 # AUTOINCREMENT: ids never reused, even after old events are pruned (readers remember the last).
 _SQLITE = {"real": "REAL", "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT"}
 _POSTGRES = {"real": "DOUBLE PRECISION", "serial_key": "BIGSERIAL PRIMARY KEY"}
@@ -114,4 +148,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Slots, holders' leases, events between processes, live settings and shared secrets.
     Migration("m003_shared_state", **_both(_HOLDERS, _SLOTS, _EVENTS, _SETTINGS, _SECRETS, *_SHARED_INDEXES)),
+    # PostgreSQL's slot take as one function: one round trip, the lock held only inside it.
+    Migration("m004_take_slot_function", sqlite=(), postgres=(_TAKE_SLOT,)),
 )
