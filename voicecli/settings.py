@@ -17,9 +17,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from voicecli.errors import SettingsError, VoicecliError
+from voicecli.urls import hide_password
 
 if TYPE_CHECKING:
     from voicecli.store import CallStore
@@ -79,23 +80,6 @@ def _as_database_url(value: Any) -> str:
     if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
         raise ValueError("must be a PostgreSQL URL such as postgresql://user:password@host:5432/voicecli")
     return text
-
-
-def hide_password(url: Any) -> Any:
-    """A database URL fit to show: its password (in the address or the query) as ****."""
-    if not isinstance(url, str) or not url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:****@{host}"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "password" for key, _ in query):
-        shown = urlencode([(key, "****" if key == "password" else value) for key, value in query], safe="*")
-    else:
-        shown = parts.query
-    return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))
 
 
 def _as_workers(value: Any) -> int | str:

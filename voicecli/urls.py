@@ -5,7 +5,8 @@ The routes themselves are in server.py; these are what providers are told to cal
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 def ws_base(base: str) -> str:
@@ -33,3 +34,20 @@ def status_url(base: str, provider: str, call_id: str | None = None) -> str:
 def answer_url(base: str, provider: str, call_id: str) -> str:
     """Where a provider fetches the stream document for a call we dialled."""
     return f"{base}/telephony/{provider}/answer/{call_id}"
+
+
+def hide_password(url: Any) -> Any:
+    """A database URL fit to show: its password (in the address or the query) as ****."""
+    if not isinstance(url, str) or not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:****@{host}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        shown = urlencode([(key, "****" if key == "password" else value) for key, value in query], safe="*")
+    else:
+        shown = parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import astuple, replace
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 from loguru import logger
@@ -44,6 +44,7 @@ from voicecli.store.records import (
     parse_iso,
     utcnow_iso,
 )
+from voicecli.urls import hide_password
 
 T = TypeVar("T")
 
@@ -65,20 +66,6 @@ _SCHEMES = ("postgresql", "postgres")
 _TAKE_SLOT = "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)"  # migration m004
 _SLOT_COUNTS = f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
     FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
-
-
-def redact(url: str) -> str:
-    """The URL with any password (in the authority or the query) shown as ****."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:****@{hostinfo}"
-    query = parts.query
-    if any(name == "password" for name, _ in parse_qsl(query)):
-        pairs = [(name, "****" if name == "password" else value) for name, value in parse_qsl(query)]
-        query = urlencode(pairs, safe="/")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -158,7 +145,7 @@ class PostgresCallStore:
 
     def __init__(self, url: str) -> None:
         if urlsplit(url).scheme not in _SCHEMES:
-            raise ValueError(f"not a PostgreSQL URL (postgresql://...): {redact(url)}")
+            raise ValueError(f"not a PostgreSQL URL (postgresql://...): {hide_password(url)}")
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
@@ -171,7 +158,7 @@ class PostgresCallStore:
     @property
     def location(self) -> str:
         """The database URL without its password."""
-        return redact(self.url)
+        return hide_password(self.url)
 
     @property
     def pool(self) -> asyncpg.Pool:
