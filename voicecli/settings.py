@@ -273,12 +273,6 @@ class Settings:
                 flags[name] = value
         return self._merged(flags=flags)
 
-    def with_file_changes(self, changes: Mapping[str, Any]) -> Settings:
-        """Deprecated: the one caller left (the tunnel in commands/serve.py) means run-only
-        overrides, which are flags now; use `with_flags`. A change to voicecli.toml would
-        lose to the store, so this applies `changes` as flags too."""
-        return self.with_flags(changes)
-
     def _merged(self, **layers: Mapping[str, Any]) -> Settings:
         return _merge(self.project_dir, self.config_path, self.layers._replace(**layers))
 
