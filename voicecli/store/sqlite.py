@@ -220,7 +220,26 @@ def _reap(db: sqlite3.Connection, ids: list[str], reason: str) -> int:
         return _drop_holders(db, ids, reason)
 
 
+def _nothing_to_maintain(db: sqlite3.Connection) -> bool:
+    # Reads only: every process sweeps every RENEW_S, and a write lock taken for nothing
+    # would make slot takes on other workers wait (SQLite's busy wait sleeps whole ms).
+    marks = ", ".join("?" * len(_LIVE))
+    checks = (
+        (f"SELECT 1 FROM holders WHERE expires_at <= {_NOW} LIMIT 1", ()),
+        (
+            f"""SELECT 1 FROM calls WHERE status IN ({marks})
+                AND (instance IS NULL OR instance NOT IN (SELECT id FROM holders)) LIMIT 1""",
+            _LIVE,
+        ),
+        ("SELECT 1 FROM slots WHERE holder NOT IN (SELECT id FROM holders) LIMIT 1", ()),
+        (f"SELECT 1 FROM events WHERE created_at < {_NOW} - ? LIMIT 1", (EVENT_KEEP_S,)),
+    )
+    return not any(db.execute(sql, params).fetchone() for sql, params in checks)
+
+
 def _maintain(db: sqlite3.Connection, reason: str) -> int:
+    if _nothing_to_maintain(db):
+        return 0
     with _transaction(db):
         expired = [row[0] for row in db.execute(f"SELECT id FROM holders WHERE expires_at <= {_NOW}")]
         ended = _drop_holders(db, expired, reason) if expired else 0
