@@ -22,7 +22,6 @@ from loguru import logger
 
 from voicecli.store.migrations import MIGRATIONS
 from voicecli.store.records import (
-    CALL_STATUSES,
     EVENT_KEEP_S,
     LEASE_S,
     PROGRESS_ORDER,
@@ -39,9 +38,9 @@ from voicecli.store.records import (
     TranscriptEntry,
     TranscriptSummary,
     apply_update,
-    format_iso,
-    new_call_id,
-    parse_iso,
+    check_ending,
+    new_record,
+    transcript_stamp,
     utcnow_iso,
 )
 from voicecli.urls import hide_password
@@ -245,14 +244,7 @@ class PostgresCallStore:
         instance: str | None = None,
     ) -> CallRecord:
         """Record a new call; raises `DuplicateCall` if `call_id` is already taken."""
-        if direction not in ("inbound", "outbound"):
-            raise ValueError(f"unknown call direction {direction!r}")
-        if status not in CALL_STATUSES:
-            raise ValueError(f"unknown call status {status!r}")
-        now = utcnow_iso()
-        ended = status in TERMINAL_STATUSES  # a dial the provider refused ended as it began
-        record = CallRecord(
-            id=call_id or new_call_id(),
+        record = new_record(
             provider=provider,
             agent=agent,
             direction=direction,
@@ -260,10 +252,7 @@ class PostgresCallStore:
             to_number=to_number,
             provider_call_id=provider_call_id,
             status=status,
-            started_at=now,
-            ended_at=now if ended else None,
-            duration_s=0.0 if ended else None,
-            end_reason=None,
+            call_id=call_id,
             instance=instance,
         )
 
@@ -317,15 +306,12 @@ class PostgresCallStore:
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None:
         """End a call; the first end recorded wins and later ones change nothing."""
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} does not end a call")
+        check_ending(status)
         return await self.update(call_id, status=status, end_reason=end_reason)
 
     async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
         """Append an utterance to a call's transcript, committed at once."""
-        if role not in ("caller", "agent"):
-            raise ValueError(f"unknown transcript role {role!r}")
-        stamp = format_iso(parse_iso(at)) if at is not None else utcnow_iso()
+        stamp = transcript_stamp(role, at)
 
         async def insert() -> None:
             # One call's utterances go in one at a time, in the order handed over (asyncio.Lock

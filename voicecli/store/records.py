@@ -125,6 +125,55 @@ class TranscriptSummary:
     last_text: str | None
 
 
+def new_record(
+    *,
+    provider: str,
+    agent: str,
+    direction: Direction,
+    from_number: str | None,
+    to_number: str | None,
+    provider_call_id: str | None,
+    status: CallStatus,
+    call_id: str | None,
+    instance: str | None,
+) -> CallRecord:
+    """A call as `create` records it, validated (the same in every store)."""
+    if direction not in ("inbound", "outbound"):
+        raise ValueError(f"unknown call direction {direction!r}")
+    if status not in CALL_STATUSES:
+        raise ValueError(f"unknown call status {status!r}")
+    now = utcnow_iso()
+    ended = status in TERMINAL_STATUSES  # a dial the provider refused ended as it began
+    return CallRecord(
+        id=call_id or new_call_id(),
+        provider=provider,
+        agent=agent,
+        direction=direction,
+        from_number=from_number,
+        to_number=to_number,
+        provider_call_id=provider_call_id,
+        status=status,
+        started_at=now,
+        ended_at=now if ended else None,
+        duration_s=0.0 if ended else None,
+        end_reason=None,
+        instance=instance,
+    )
+
+
+def check_ending(status: str) -> None:
+    """`finish` takes only a status that ends a call."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"{status!r} does not end a call")
+
+
+def transcript_stamp(role: str, at: str | None) -> str:
+    """An utterance's role checked and its time normalised (now when not given)."""
+    if role not in ("caller", "agent"):
+        raise ValueError(f"unknown transcript role {role!r}")
+    return format_iso(parse_iso(at)) if at is not None else utcnow_iso()
+
+
 def apply_update(
     record: CallRecord,
     *,

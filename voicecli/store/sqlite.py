@@ -23,7 +23,6 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from voicecli.store.migrations import MIGRATIONS
 from voicecli.store.records import (
-    CALL_STATUSES,
     EVENT_KEEP_S,
     LEASE_S,
     PROGRESS_ORDER,
@@ -39,9 +38,9 @@ from voicecli.store.records import (
     TranscriptEntry,
     TranscriptSummary,
     apply_update,
-    format_iso,
-    new_call_id,
-    parse_iso,
+    check_ending,
+    new_record,
+    transcript_stamp,
     utcnow_iso,
 )
 
@@ -468,13 +467,7 @@ class SQLiteCallStore:
         instance: str | None = None,
     ) -> CallRecord:
         """Record a new call; raises DuplicateCall if `call_id` is already taken."""
-        if direction not in ("inbound", "outbound"):
-            raise ValueError(f"unknown call direction {direction!r}")
-        if status not in CALL_STATUSES:
-            raise ValueError(f"unknown call status {status!r}")
-        now = utcnow_iso()
-        record = CallRecord(
-            id=call_id or new_call_id(),
+        record = new_record(
             provider=provider,
             agent=agent,
             direction=direction,
@@ -482,11 +475,7 @@ class SQLiteCallStore:
             to_number=to_number,
             provider_call_id=provider_call_id,
             status=status,
-            started_at=now,
-            # A call recorded already over (a dial-out the provider refused) ended as it began.
-            ended_at=now if status in TERMINAL_STATUSES else None,
-            duration_s=0.0 if status in TERMINAL_STATUSES else None,
-            end_reason=None,
+            call_id=call_id,
             instance=instance,
         )
         try:
@@ -524,15 +513,12 @@ class SQLiteCallStore:
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None:
         """End a call; the first end recorded wins and later ones change nothing."""
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} does not end a call")
+        check_ending(status)
         return await self.update(call_id, status=status, end_reason=end_reason)
 
     async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
         """Append an utterance to a call's transcript, committed at once."""
-        if role not in ("caller", "agent"):
-            raise ValueError(f"unknown transcript role {role!r}")
-        stamp = format_iso(parse_iso(at)) if at is not None else utcnow_iso()
+        stamp = transcript_stamp(role, at)
         await self._run(_add_transcript, call_id, role, text, stamp)
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]:
