@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,3 +50,13 @@ def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subp
     finally:
         proc.kill()
         proc.wait(10)
+
+
+async def ctrl_c_twice(proc: subprocess.Popen[bytes]) -> float:
+    """Ctrl-C, then Ctrl-C again half a second into the drain: seconds from the second to the exit."""
+    proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    cut_at = time.monotonic()
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    return time.monotonic() - cut_at

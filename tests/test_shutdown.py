@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import make_settings
-from tests.processes import serving
+from tests.processes import ctrl_c_twice, serving
 from tests.wire import WireCall, agent_audio
 from voicecli.state import DB_FILE
 from voicecli.store import SQLiteCallStore
@@ -93,13 +93,8 @@ async def test_second_ctrl_c_stops_within_two_seconds_and_still_closes_the_recor
         async with aiohttp.ClientSession() as http:
             # Held and never read: the server's close handshake gets no answer.
             _, ws = await _call_in_progress(project, url, http)
-            proc.send_signal(signal.SIGINT)
-            await asyncio.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            cut_at = time.monotonic()
-            assert await asyncio.to_thread(proc.wait, 20) == 0
             # Two seconds to cut, and a little for the interpreter to exit.
-            assert time.monotonic() - cut_at < 3.5
+            assert await ctrl_c_twice(proc) < 3.5
     [record] = await _records(project)
     assert record.status == "interrupted" and record.ended_at
 

@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import WSCloseCode
 
 from tests.conftest import make_settings
-from tests.processes import serving
+from tests.processes import ctrl_c_twice, serving
 from tests.test_tunnel import PUBLIC, ngrok_env, wait_for_output
 from tests.wire import WireCall, agent_audio
 from voicecli.state import pid_alive, read_api_token
@@ -264,12 +264,7 @@ async def test_a_second_ctrl_c_cuts_both_workers_at_once(project: Path) -> None:
         async with Callers() as callers, opened_store(project) as store:
             # Held and never read: the workers' close handshakes get no answer.
             wires, _ = await on_both_workers(served, callers, store)
-            proc.send_signal(signal.SIGINT)
-            await asyncio.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            cut_at = time.monotonic()
-            assert await asyncio.to_thread(proc.wait, 20) == 0
-            assert time.monotonic() - cut_at < 4  # each worker's 2 s cut, and the processes' exits
+            assert await ctrl_c_twice(proc) < 4  # each worker's 2 s cut, and the processes' exits
             records = await store.list()
     assert len(records) == len(wires) and all(r.status == "interrupted" and r.ended_at for r in records)
 
