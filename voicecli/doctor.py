@@ -87,12 +87,12 @@ NET_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 async def check_store(ctx: Context) -> Check:
     """The store opens, and its settings layer is what the later checks see."""
     from voicecli.errors import SettingsError, VoicecliError
-    from voicecli.settings import opened_store
+    from voicecli.settings import opened_store, store_exists
     from voicecli.state import DB_FILE
 
     name = "store"
     settings = ctx.settings
-    if not settings.database_url and not (settings.state_dir / DB_FILE).is_file():
+    if not store_exists(settings):
         return ok(name, f"none yet: the first voicecli serve creates {settings.state_dir / DB_FILE}")
     fix = "check database_url (voicecli config get database_url) and that the database accepts this machine"
     try:

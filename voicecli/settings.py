@@ -384,11 +384,16 @@ async def opened_store(settings: Settings) -> AsyncIterator[CallStore]:
         await store.close()
 
 
-async def load_store_layer(settings: Settings) -> Settings:
-    """`settings` with the store's layer read into it (the CLI's way; the server keeps its store open)."""
+def store_exists(settings: Settings) -> bool:
+    """Whether there is a store to read: a database URL, or a `calls.db` some `serve` made."""
     from voicecli.state import DB_FILE
 
-    if not settings.database_url and not (settings.state_dir / DB_FILE).is_file():
+    return bool(settings.database_url) or (settings.state_dir / DB_FILE).is_file()
+
+
+async def load_store_layer(settings: Settings) -> Settings:
+    """`settings` with the store's layer read into it (the CLI's way; the server keeps its store open)."""
+    if not store_exists(settings):
         # Nothing was ever stored here: reading settings must not create .voicecli/calls.db.
         return settings.with_store({})
     async with opened_store(settings) as store:
