@@ -54,7 +54,7 @@ def install(app: web.Application) -> None:
     global _installed
     if not _installed:
         _installed = True
-        from voicecli.limits import SlotLimiter
+        from voicecli.server.limits import SlotLimiter
 
         take = SlotLimiter.take
 

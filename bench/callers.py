@@ -51,8 +51,8 @@ SPEECH_RMS = 100.0
 def speech_frames(utterances: list[bytes] | None = None) -> tuple[list[tuple[list[str], int]], str]:
     """Base64 mu-law payloads of each utterance (8 kHz PCM) in a 2 s window of 20 ms frames, with
     the index of its last speech frame; and one frame of silence."""
-    from voicecli.audio import rms, silence, ulaw_encode
-    from voicecli.simulator import speech
+    from voicecli.call.audio import rms, silence, ulaw_encode
+    from voicecli.emulator.simulator import speech
 
     want = int(SPEECH_S * RATE) * 2
     out = []
@@ -90,9 +90,9 @@ async def one_call(
     start_at: float,
     hang_up_at: float,
 ) -> None:
+    from voicecli.emulator.simulator import _local_ws_url
     from voicecli.providers.twilio import TwilioCaller
     from voicecli.settings import load_settings
-    from voicecli.simulator import _local_ws_url
 
     caller = TwilioCaller(load_settings(environ={}))
     call = caller.new_call(f"+1555{i:07d}", "+15559870000")
@@ -236,8 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _utterances(args: argparse.Namespace) -> list[bytes] | None:
     """What the callers say, in turn: --say sentences (eSpeak), then --wav files; None: SENTENCE."""
-    from voicecli.audio import read_wav, resample
-    from voicecli.simulator import speech
+    from voicecli.call.audio import read_wav, resample
+    from voicecli.emulator.simulator import speech
 
     said = [speech(text) for text in args.say]
     for path in args.wav:

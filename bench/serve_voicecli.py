@@ -60,7 +60,7 @@ def main() -> None:
         help="for A/B runs: restore voicecli's earlier media path (16 kHz input, 20 ms frames, VAD in a thread)",
     )
     parser.add_argument(
-        "--input-frame-ms", type=int, default=None, help="for A/B runs: voicecli.transport.INPUT_FRAME_MS"
+        "--input-frame-ms", type=int, default=None, help="for A/B runs: voicecli.call.transport.INPUT_FRAME_MS"
     )
     parser.add_argument(
         "--env",
@@ -86,12 +86,12 @@ def main() -> None:
 
     import asyncio
 
-    from voicecli import logs
     from voicecli.agents import load_agents, require_keys
-    from voicecli.server import create_app
-    from voicecli.server_state import build_state
-    from voicecli.session import warm_up
+    from voicecli.call.session import warm_up
+    from voicecli.server.app import create_app
+    from voicecli.server.state import build_state
     from voicecli.settings import load_settings
+    from voicecli.ui import logs
 
     project = args.project or Path(tempfile.mkdtemp(prefix="voicecli-bench-"))
     write_project(project, args.fake_url)
@@ -112,9 +112,9 @@ def main() -> None:
     if args.as_committed:
         _committed_media_path()
     if args.input_frame_ms is not None:
-        import voicecli.transport
+        import voicecli.call.transport
 
-        voicecli.transport.INPUT_FRAME_MS = args.input_frame_ms
+        voicecli.call.transport.INPUT_FRAME_MS = args.input_frame_ms
     app = create_app(state)
     if args.admission_probe:
         from bench import admission_probe
@@ -126,7 +126,7 @@ def main() -> None:
         probe.install()
         probe.install_turns()
         _probe_routes(app, probe)
-    from voicecli.server import event_loop_factory
+    from voicecli.server.app import event_loop_factory
 
     # The event loop `voicecli serve` runs on.
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -137,13 +137,13 @@ def _committed_media_path() -> None:
     """voicecli's media path before the bench's changes (commit 57dfdaa..0025365), for A/B runs."""
     from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 
-    import voicecli.pipeline
-    import voicecli.shared_models
-    import voicecli.transport
+    import voicecli.call.models
+    import voicecli.call.pipeline
+    import voicecli.call.transport
 
-    voicecli.pipeline.AUDIO_IN_RATE = 16000
-    voicecli.transport.INPUT_FRAME_MS = 0
-    voicecli.shared_models.SharedSileroVAD.analyze_audio = VADAnalyzer.analyze_audio
+    voicecli.call.pipeline.AUDIO_IN_RATE = 16000
+    voicecli.call.transport.INPUT_FRAME_MS = 0
+    voicecli.call.models.SharedSileroVAD.analyze_audio = VADAnalyzer.analyze_audio
 
 
 def _probe_routes(app, probe) -> None:  # noqa: ANN001

@@ -32,7 +32,7 @@ def human_recording() -> Path:
 
 def human_phrases(directory: Path, min_s: float = 0.8, max_s: float = 2.0, pause_s: float = 0.3) -> list[Path]:
     """The recording cut at pauses of at least `pause_s` into 8 kHz WAV phrases of min_s..max_s."""
-    from voicecli.audio import read_wav, resample, write_wav
+    from voicecli.call.audio import read_wav, resample, write_wav
 
     pcm, rate = read_wav(human_recording())
     samples = np.frombuffer(resample(pcm, rate, RATE), dtype="<i2")

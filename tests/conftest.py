@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from voicecli.agents import load_agents
-from voicecli.lifecycle import Timeouts
-from voicecli.server import create_app
-from voicecli.server_state import ServerState, build_state
+from voicecli.server.app import create_app
+from voicecli.server.lifecycle import Timeouts
+from voicecli.server.state import ServerState, build_state
 from voicecli.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from aiohttp import WSCloseCode
 
 from tests.conftest import TWILIO_TOKEN, VOBIZ_TOKEN, twilio_env, vobiz_env
 from tests.wire import WireCall, agent_audio
-from voicecli.lifecycle import Timeouts
 from voicecli.providers.vobiz import _hmac_b64
+from voicecli.server.lifecycle import Timeouts
 
 SECRET = "exotel-stream-secret-1"
 

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import REPO
 from tests.processes import CLEAN_ENV, run_voicecli
 from voicecli import __version__
-from voicecli.state import ServerInfo, record_server
+from voicecli.runtime import ServerInfo, record_server
 
 # The child runs the voicecli these tests import (this checkout), whatever is installed.
 CHECKOUT_ENV = {**CLEAN_ENV, "PYTHONPATH": str(REPO)}

@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import TWILIO_SID, VOBIZ_ID, VOBIZ_TOKEN, FakeApi, twilio_env, vobiz_env
 from tests.wire import WireCall, agent_audio, only_call_when_ended
-from voicecli.audio import rms
-from voicecli.simulator import Press, Say, SimResult, simulate_call, speech
+from voicecli.call.audio import rms
+from voicecli.emulator.simulator import Press, Say, SimResult, simulate_call, speech
 
 PROVIDERS = ["twilio", "exotel", "vobiz"]
 

@@ -25,8 +25,8 @@ from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VO
 from tests.processes import run_voicecli
 from voicecli.cli import app
 from voicecli.providers import load_provider
+from voicecli.runtime import ServerInfo, forget_server, record_server
 from voicecli.settings import load_settings
-from voicecli.state import ServerInfo, forget_server, record_server
 
 EXOTEL_SID, EXOTEL_KEY, EXOTEL_TOKEN = "exotel-sid-1", "exotel-key-1", "exotel-token-123"
 KEYS = {"DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "CARTESIA_API_KEY": "ca-test"}

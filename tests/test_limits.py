@@ -109,7 +109,7 @@ async def test_a_stream_that_never_starts_holds_no_slot_and_is_closed(start_serv
 
 async def test_idle_upgrades_cannot_keep_signed_calls_out(start_server, fake_twilio) -> None:
     """Twelve clients that only upgrade, over and over, while signed calls come in (bug 5)."""
-    from voicecli.limits import UNPROVEN_PER_CLIENT
+    from voicecli.server.limits import UNPROVEN_PER_CLIENT
 
     server = await start_server(**twilio_env(fake_twilio, TWILIO_MAX_CONCURRENT="4"))
     url = server.url + "/ws/twilio/demo"

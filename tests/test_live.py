@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from tests.wire import WireCall
 from voicecli.cli import app
-from voicecli.render import calls_table, live_view
-from voicecli.state import ServerInfo, record_server
+from voicecli.runtime import ServerInfo, record_server
+from voicecli.ui.render import calls_table, live_view
 
 STARTED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -12,10 +12,10 @@ from pipecat.audio.vad.vad_analyzer import VADState
 from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame, TextFrame
 from pipecat.tests.utils import run_test
 
-from voicecli.audio import silence, ulaw_decode, ulaw_encode
-from voicecli.pipeline import AudioEnd
-from voicecli.shared_models import SharedSileroVAD
-from voicecli.simulator import speech
+from voicecli.call.audio import silence, ulaw_decode, ulaw_encode
+from voicecli.call.models import SharedSileroVAD
+from voicecli.call.pipeline import AudioEnd
+from voicecli.emulator.simulator import speech
 
 RATE = 8000
 FRAME = 640  # the 40 ms frames the transport hands the pipeline

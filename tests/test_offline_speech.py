@@ -24,7 +24,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import run_test
 
-from voicecli.audio import read_wav, resample, rms, silence, ulaw_decode, ulaw_encode, write_wav
+from voicecli.call.audio import read_wav, resample, rms, silence, ulaw_decode, ulaw_encode, write_wav
 from voicecli.services.espeak_tts import EspeakTTSService, synthesize
 from voicecli.services.factories import FILLER_PHRASES
 from voicecli.services.pocketsphinx_stt import PocketSphinxSTTService, transcribe
@@ -32,7 +32,7 @@ from voicecli.services.pocketsphinx_stt import PocketSphinxSTTService, transcrib
 # What the demo agent's factory passes: its script keywords (agents/demo.toml) and the fillers.
 KEYWORDS = ["pricing", "price", "cost", "hours", "open", "support", "help"]
 PHRASES = [*KEYWORDS, *FILLER_PHRASES]
-# The recogniser's model rate. Calls run at 8 kHz (voicecli/pipeline.py) and the STT resamples each
+# The recogniser's model rate. Calls run at 8 kHz (voicecli/call/pipeline.py) and the STT resamples each
 # utterance to this; the end-to-end tests (test_contract.py) cover that path.
 PIPELINE_RATE = 16000
 
@@ -137,7 +137,10 @@ def test_read_wav_rejects_other_sample_widths_and_non_wav(tmp_path: Path) -> Non
 
 
 def test_importing_audio_does_not_import_pipecat() -> None:
-    code = "import sys, voicecli.audio; print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipecat', 'soxr')))"
+    code = (
+        "import sys, voicecli.call.audio;"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] in ('pipecat', 'soxr')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -22,8 +22,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VOBIZ_TOKEN
 from tests.processes import run_voicecli
-from voicecli.simulator import Press, SimResult, Step, answer_dialled_call
-from voicecli.state import ServerInfo, record_server
+from voicecli.emulator.simulator import Press, SimResult, Step, answer_dialled_call
+from voicecli.runtime import ServerInfo, record_server
 
 EXOTEL_SID, EXOTEL_KEY, EXOTEL_TOKEN = "voicecli1", "exotel-key-1", "exotel-token-secret-9"
 OUR_NUMBERS = {"twilio": "+15550001111", "exotel": "+918047100000", "vobiz": "+918071500000"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from voicecli.agents import Agent, load_agent
-from voicecli.audio import resample, silence, ulaw_decode, ulaw_encode
+from voicecli.call.audio import resample, silence, ulaw_decode, ulaw_encode
 from voicecli.services.espeak_tts import synthesize
 from voicecli.services.factories import FILLER_PHRASES
 from voicecli.services.pocketsphinx_stt import transcribe

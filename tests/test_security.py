@@ -71,7 +71,7 @@ async def test_a_stream_without_a_valid_token_is_refused(start_server, fake_twil
 async def test_a_token_from_another_server_secret_is_refused(start_server, fake_twilio) -> None:
     import time
 
-    from voicecli.tokens import TokenScope, make_token
+    from voicecli.server.tokens import TokenScope, make_token
 
     server = await start_server(**twilio_env(fake_twilio))
     wire = WireCall(server.state.settings, server.url)
@@ -155,7 +155,7 @@ async def test_no_secret_reaches_the_log_during_calls(start_server, fake_twilio,
 
 async def _calls_with_secrets_set(server) -> str:
     """A Twilio and a Vobiz call to their end, then one more stream; returns that stream's token."""
-    from voicecli.simulator import Press, simulate_call
+    from voicecli.emulator.simulator import Press, simulate_call
 
     for provider in ("twilio", "vobiz"):
         result = await simulate_call(

@@ -16,7 +16,7 @@ import aiohttp
 from tests.conftest import make_settings
 from tests.processes import ctrl_c_twice, serving
 from tests.wire import WireCall, agent_audio
-from voicecli.state import DB_FILE
+from voicecli.runtime import DB_FILE
 from voicecli.store import SQLiteCallStore
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voicecli.tokens import TokenScope, make_token, verify_token
+from voicecli.server.tokens import TokenScope, make_token, verify_token
 
 SECRET = b"s3cret"
 SCOPE = TokenScope("call_abc", "twilio", "demo")

@@ -9,8 +9,8 @@ import time
 import aiohttp
 
 from tests.wire import WireCall
-from voicecli.audio import silence
-from voicecli.simulator import speech
+from voicecli.call.audio import silence
+from voicecli.emulator.simulator import speech
 
 MENU_QUESTIONS = (
     "What is on the menu?",

@@ -9,8 +9,8 @@ import aiohttp
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, twilio_env
-from voicecli.audio import rms, silence
-from voicecli.simulator import Press, Say, SimResult, simulate_call, speech
+from voicecli.call.audio import rms, silence
+from voicecli.emulator.simulator import Press, Say, SimResult, simulate_call, speech
 
 
 async def test_inbound_webhook_answers_the_specs_twiml(start_server, fake_twilio) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import aiohttp
 
+from voicecli.server.tokens import TokenScope, make_token, verify_token
 from voicecli.store import MIGRATIONS
-from voicecli.tokens import TokenScope, make_token, verify_token
 
 # The schema as the previous release wrote it: its two migrations, recorded by name.
 OLD_SCHEMA = """

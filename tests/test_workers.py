@@ -27,9 +27,9 @@ from tests.conftest import make_settings
 from tests.processes import ctrl_c_twice, serving
 from tests.test_tunnel import PUBLIC, ngrok_env, wait_for_output
 from tests.wire import WireCall, agent_audio
-from voicecli.state import pid_alive, read_api_token
+from voicecli.runtime import pid_alive, read_api_token
+from voicecli.server.workers import SPREAD_BY_KERNEL
 from voicecli.store import CallRecord, CallStore, store_for
-from voicecli.workers import SPREAD_BY_KERNEL
 
 
 def brief_demo(project: Path) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import aiohttp
 
+from voicecli.emulator.simulator import _local_ws_url
 from voicecli.providers import load_caller
 from voicecli.providers.base import CallerSide, SimCall
 from voicecli.settings import Settings
-from voicecli.simulator import _local_ws_url
 from voicecli.store import TERMINAL_STATUSES, CallRecord
 
 

@@ -17,7 +17,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except VoicecliError as exc:
-            from voicecli.console import error
+            from voicecli.ui.console import error
 
             error(str(exc))
             raise typer.Exit(1) from None

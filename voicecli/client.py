@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from voicecli.errors import ServerNotRunningError, VoicecliError
+from voicecli.runtime import read_api_token, read_server
 from voicecli.settings import Settings
-from voicecli.state import read_api_token, read_server
 
 START_HINT = "start one with: voicecli serve --agent demo"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import tomli_w
 
+from voicecli.runtime import write_private
 from voicecli.settings import SETTINGS, read_config_file, validate_value
-from voicecli.state import write_private
 
 HEADER = (
     "# Read at start-up; safe to edit by hand. `voicecli config set` writes the file-only settings here\n"

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from voicecli.errors import ProviderError
+from voicecli.runtime import read_api_token, read_server
+from voicecli.server.tunnel import DEFAULT_AGENT_API, recorded_agent_api
+from voicecli.server.urls import webhook_url
 from voicecli.settings import Settings
-from voicecli.state import read_api_token, read_server
-from voicecli.tunnel import DEFAULT_AGENT_API, recorded_agent_api
-from voicecli.urls import webhook_url
 
 if TYPE_CHECKING:
     from voicecli.providers.base import Provider
@@ -87,8 +87,8 @@ NET_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 async def check_store(ctx: Context) -> Check:
     """The store opens, and its settings layer is what the later checks see."""
     from voicecli.errors import SettingsError, VoicecliError
+    from voicecli.runtime import DB_FILE
     from voicecli.settings import opened_store, store_exists
-    from voicecli.state import DB_FILE
 
     name = "store"
     settings = ctx.settings

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from voicecli.errors import SettingsError, VoicecliError
-from voicecli.urls import hide_password
+from voicecli.server.urls import hide_password
 
 if TYPE_CHECKING:
     from voicecli.store import CallStore
@@ -386,7 +386,7 @@ async def opened_store(settings: Settings) -> AsyncIterator[CallStore]:
 
 def store_exists(settings: Settings) -> bool:
     """Whether there is a store to read: a database URL, or a `calls.db` some `serve` made."""
-    from voicecli.state import DB_FILE
+    from voicecli.runtime import DB_FILE
 
     return bool(settings.database_url) or (settings.state_dir / DB_FILE).is_file()
 

@@ -2,7 +2,7 @@
 
 Bench only: capacity.py puts this folder first on PYTHONPATH, with BENCH_PROBE_DIR set, for the
 `voicecli serve --workers N` sides. Python imports `sitecustomize` at start-up in every process
-(the supervisor and each `python -m voicecli.worker`). Nothing happens until `voicecli.server`
+(the supervisor and each `python -m voicecli.server.worker`). Nothing happens until `voicecli.server.app`
 is imported; then its `create_app` is wrapped, so only a process that serves (never the
 supervisor, which must not import pipecat) installs the probe. Each such process answers the
 probe on a port of its own (a thread with a tiny HTTP server: the workers share the serving
@@ -17,7 +17,7 @@ import importlib.util
 import os
 import sys
 
-_TARGET = "voicecli.server"
+_TARGET = "voicecli.server.app"
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):

@@ -19,9 +19,9 @@ def call(
 ) -> None:
     """Place an outbound call with an agent."""
     from voicecli.client import choose_agent, connect, follow_call
-    from voicecli.console import stdout
-    from voicecli.render import call_detail
     from voicecli.settings import load_settings
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import call_detail
 
     client = connect(load_settings(config_path=config), server)
     agent = choose_agent(client.get("/api/status")["agents"], agent)

@@ -54,8 +54,8 @@ def calls(
         return
     from datetime import UTC, datetime
 
-    from voicecli.console import stdout
-    from voicecli.render import calls_table
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import calls_table
 
     stdout().print(calls_table(rows, now=datetime.now(UTC)))
 
@@ -72,8 +72,8 @@ def show(
     if as_json:
         typer.echo(json.dumps(call, indent=2))
         return
-    from voicecli.console import stdout
-    from voicecli.render import call_detail
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import call_detail
 
     stdout().print(call_detail(call))
 
@@ -90,9 +90,9 @@ def _watch(settings: Settings, server: str | None, filters: dict[str, str | None
     from rich.live import Live
 
     from voicecli.client import LiveFeed
-    from voicecli.console import stdout
     from voicecli.errors import ServerNotRunningError, VoicecliError
-    from voicecli.render import live_view
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import live_view
 
     feed = LiveFeed(settings, server, filters)
     if not sys.stdout.isatty():

@@ -123,8 +123,8 @@ def list_(config: Config = None) -> None:
     """Every setting, its value in force (secrets masked) and where it comes from."""
     from rich.table import Table
 
-    from voicecli.console import stdout
     from voicecli.settings import SETTINGS
+    from voicecli.ui.console import stdout
 
     settings = _load(config)
     table = Table()

@@ -19,10 +19,10 @@ def doctor(
     """Check the server, tunnel, public URL, provider credentials, webhook and agents; exit 1 on a failure."""
     import asyncio
 
-    from voicecli.console import stdout
     from voicecli.doctor import failed, run_checks
-    from voicecli.render import checks_table
     from voicecli.settings import load_settings
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import checks_table
 
     settings = load_settings(config_path=config)
     checks = asyncio.run(run_checks(settings, agents_dir, ngrok_api))

@@ -49,10 +49,10 @@ def serve(
     """Serve agents on an aiohttp server: webhooks, media streams and the management API."""
     import asyncio
 
-    from voicecli import logs
     from voicecli.agents import load_agents, require_keys
     from voicecli.errors import VoicecliError
     from voicecli.settings import load_settings
+    from voicecli.ui import logs
 
     logs.configure(log_level)
     flags = {"public_base_url": public_base_url, "provider": provider, "workers": workers, "database_url": database}
@@ -62,7 +62,7 @@ def serve(
     if tunnel and public_base_url:
         raise VoicecliError("--tunnel sets the public URL itself: drop --public-base-url")
     if tunnel:
-        from voicecli.tunnel import auth_token
+        from voicecli.server.tunnel import auth_token
 
         auth_token(settings)  # no token: say so now, before a second of start-up
     if update_webhook and not (tunnel or settings.public_base_url):
@@ -74,11 +74,11 @@ def serve(
 
     from urllib.parse import urlsplit
 
-    from voicecli.banner import print_banner
-    from voicecli.console import stdout
-    from voicecli.server_state import build_state
-    from voicecli.tunnel import Tunnel, announce_webhooks, open_tunnel
-    from voicecli.workers import WorkerPlan, supervise, worker_count
+    from voicecli.server.state import build_state
+    from voicecli.server.tunnel import Tunnel, announce_webhooks, open_tunnel
+    from voicecli.server.workers import WorkerPlan, supervise, worker_count
+    from voicecli.ui.banner import print_banner
+    from voicecli.ui.console import stdout
 
     state = build_state(settings, agents)
     count = worker_count(settings.workers)
@@ -106,9 +106,9 @@ def serve(
             asyncio.run(supervise(state, where, started))
         else:
             # Only now the server and pipecat (a second of imports): a bad setup fails fast and quietly.
-            from voicecli.server import event_loop_factory
-            from voicecli.server import serve as run_server
-            from voicecli.session import warm_up
+            from voicecli.call.session import warm_up
+            from voicecli.server.app import event_loop_factory
+            from voicecli.server.app import serve as run_server
 
             warm_up(agents.values(), settings.env)
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -34,12 +34,12 @@ def simulate(
     """Call an agent the way a provider would: webhook, media stream, speech, keys; print the transcript."""
     import asyncio
 
-    from voicecli.audio import write_wav
+    from voicecli.call.audio import write_wav
     from voicecli.client import choose_agent, connect
-    from voicecli.console import stdout
-    from voicecli.render import call_detail
+    from voicecli.emulator.simulator import RATE, build_steps, simulate_call
     from voicecli.settings import load_settings, load_store_layer, validate_value
-    from voicecli.simulator import RATE, build_steps, simulate_call
+    from voicecli.ui.console import stdout
+    from voicecli.ui.render import call_detail
 
     # The store's layer too: a provider chosen with `config set` is the default here as well.
     settings = asyncio.run(load_store_layer(load_settings(config_path=config)))

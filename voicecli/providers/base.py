@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from voicecli.urls import status_url, webhook_url
+from voicecli.server.urls import status_url, webhook_url
 
 if TYPE_CHECKING:
     import aiohttp

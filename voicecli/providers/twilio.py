@@ -392,7 +392,7 @@ class TwilioCaller(CallerSide):
         ]
 
     def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
-        from voicecli.audio import ulaw_encode  # numpy: only the emulator needs it
+        from voicecli.call.audio import ulaw_encode  # numpy: only the emulator needs it
 
         chunk = seq - 1  # sequence 1 is `start`
         return {
@@ -424,7 +424,7 @@ class TwilioCaller(CallerSide):
         }
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        from voicecli.audio import ulaw_decode
+        from voicecli.call.audio import ulaw_decode
 
         event = str(message.get("event"))
         if event == "media":

@@ -353,7 +353,7 @@ class VobizCaller(CallerSide):
         ]
 
     def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
-        from voicecli.audio import ulaw_encode  # numpy: only the emulator needs it
+        from voicecli.call.audio import ulaw_encode  # numpy: only the emulator needs it
 
         return {
             "event": "media",
@@ -380,7 +380,7 @@ class VobizCaller(CallerSide):
         return None  # Vobiz sends no stop: the socket just closes
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        from voicecli.audio import ulaw_decode
+        from voicecli.call.audio import ulaw_decode
 
         event = str(message.get("event"))
         if event == "playAudio":

@@ -24,7 +24,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "`AudioContextTTSService` is deprecated", DeprecationWarning)
     from pipecat.services.tts_service import TTSService
 
-from voicecli.audio import resample
+from voicecli.call.audio import resample
 
 # From espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

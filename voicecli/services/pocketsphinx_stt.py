@@ -30,7 +30,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 
-from voicecli.audio import resample, rms
+from voicecli.call.audio import resample, rms
 
 # The acoustic model shipped in the pocketsphinx wheel is trained on 16 kHz audio.
 MODEL_RATE = 16000
@@ -220,7 +220,7 @@ def transcribe(pcm16: bytes, phrases: Sequence[str], sample_rate: int = MODEL_RA
     """Recognise 16-bit mono PCM with a model built from `phrases`; "" when nothing was heard."""
     if rms(pcm16) < _SILENCE_RMS:
         return ""
-    # Phone audio arrives at 8 kHz (voicecli/pipeline.py); anything else goes down to 8 kHz
+    # Phone audio arrives at 8 kHz (voicecli/call/pipeline.py); anything else goes down to 8 kHz
     # first, so that every segment reaches the model through the same band.
     if sample_rate != 8000:
         pcm16 = resample(pcm16, sample_rate, 8000)

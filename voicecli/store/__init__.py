@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from voicecli.state import DB_FILE
+from voicecli.runtime import DB_FILE
 from voicecli.store.migrations import MIGRATIONS, Migration
 from voicecli.store.records import (
     CALL_STATUSES,

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from loguru import logger
 
+from voicecli.server.urls import hide_password
 from voicecli.store.migrations import MIGRATIONS
 from voicecli.store.records import (
     EVENT_KEEP_S,
@@ -43,7 +44,6 @@ from voicecli.store.records import (
     transcript_stamp,
     utcnow_iso,
 )
-from voicecli.urls import hide_password
 
 T = TypeVar("T")
 

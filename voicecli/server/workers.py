@@ -3,7 +3,7 @@
 The supervisor never imports pipecat and never serves a request: it binds the listening
 socket (so `--port 0` works; on Linux one socket per worker on that port, see `listen`), runs
 start-up recovery once, opens the tunnel and prints the banner once, then starts N worker
-processes (`python -m voicecli.worker`) that inherit it, each with its own event loop and
+processes (`python -m voicecli.server.worker`) that inherit it, each with its own event loop and
 pipelines. Everything the workers must agree on
 (records, slots, settings) is in the store they share. A worker that dies is replaced; its
 calls become `interrupted` and its slots come back at once. Ctrl-C drains every worker; a
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from voicecli.errors import VoicecliError
-from voicecli.state import ServerInfo, forget_server, record_server
+from voicecli.runtime import ServerInfo, forget_server, record_server
 
 if TYPE_CHECKING:
-    from voicecli.server_state import ServerState
+    from voicecli.server.state import ServerState
     from voicecli.settings import Settings
     from voicecli.store import CallStore
 
@@ -64,7 +64,7 @@ class WorkerPlan:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """One worker's start-up, as the single JSON argument of `python -m voicecli.worker`."""
+    """One worker's start-up, as the single JSON argument of `python -m voicecli.server.worker`."""
 
     number: int
     instance: str
@@ -179,7 +179,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "voicecli.worker",
+                "voicecli.server.worker",
                 spec.to_json(),
                 cwd=settings.project_dir,
                 pass_fds=(sock.fileno(), ready_w),
@@ -298,7 +298,7 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
 
     `state` is never served: it holds the settings, agents and instance id of this run.
     """
-    from voicecli.server_state import open_shared
+    from voicecli.server.state import open_shared
 
     sockets = listen(plan.host, plan.port, plan.count)
     store = state.store

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from voicecli.audio import read_wav, resample, silence
+from voicecli.call.audio import read_wav, resample, silence
 from voicecli.errors import ServerNotRunningError, VoicecliError
 from voicecli.providers import load_caller
 from voicecli.providers.base import CallerSide, SimCall, WebhookRejected

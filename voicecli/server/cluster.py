@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from voicecli.state import pid_alive
+from voicecli.runtime import pid_alive
 from voicecli.store import LEASE_S, RENEW_S, Event, Holder, SQLiteCallStore
 
 if TYPE_CHECKING:

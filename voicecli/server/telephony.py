@@ -10,10 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 from loguru import logger
 
-from voicecli import urls
-from voicecli.lifecycle import CallRefused
 from voicecli.providers.base import StreamCall, WebhookRejected
-from voicecli.server_state import STATE, ServerState
+from voicecli.server import urls
+from voicecli.server.lifecycle import CallRefused
+from voicecli.server.state import STATE, ServerState
 
 
 def provider_name(request: web.Request) -> str:

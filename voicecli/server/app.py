@@ -13,9 +13,9 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
-from voicecli import api, outbound, settings_api, telephony
-from voicecli.server_state import STATE, ServerState
-from voicecli.state import ServerInfo, forget_server, record_server
+from voicecli.runtime import ServerInfo, forget_server, record_server
+from voicecli.server import api, outbound, settings_api, telephony
+from voicecli.server.state import STATE, ServerState
 
 
 async def healthz(request: web.Request) -> web.Response:

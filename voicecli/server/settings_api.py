@@ -6,7 +6,7 @@ from aiohttp import web
 from loguru import logger
 
 from voicecli.errors import SettingsError
-from voicecli.server_state import STATE
+from voicecli.server.state import STATE
 
 
 async def get_settings(request: web.Request) -> web.Response:

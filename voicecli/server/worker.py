@@ -1,6 +1,6 @@
-"""One worker of `voicecli serve --workers N`: `python -m voicecli.worker SPEC_JSON`.
+"""One worker of `voicecli serve --workers N`: `python -m voicecli.server.worker SPEC_JSON`.
 
-Started by the supervisor (`voicecli.workers`), never by hand. It serves on the listening
+Started by the supervisor (`voicecli.server.workers`), never by hand. It serves on the listening
 socket it inherited until SIGTERM: the first drains its calls, a second cuts them. A worker
 whose supervisor is gone (killed with -9) drains and stops by itself.
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 
 from loguru import logger
 
-from voicecli.workers import WorkerSpec
+from voicecli.server.workers import WorkerSpec
 
 # How often a worker checks that its supervisor is still there.
 PARENT_CHECK_S = 1.0
 
 
 def _log_as_worker(number: int, level: str) -> None:
-    from voicecli import logs
+    from voicecli.ui import logs
 
     logs.configure(level)
     # The terminal is shared with the supervisor and the other workers: name this one.
@@ -41,9 +41,9 @@ async def _watch_supervisor(pid: int) -> None:
 
 async def _serve(spec: WorkerSpec) -> None:
     from voicecli.agents import load_agents
-    from voicecli.server import serve
-    from voicecli.server_state import build_state
-    from voicecli.session import warm_up
+    from voicecli.call.session import warm_up
+    from voicecli.server.app import serve
+    from voicecli.server.state import build_state
     from voicecli.settings import load_settings
 
     settings = load_settings(Path(spec.project_dir), config_path=Path(spec.config_path), flags=spec.flags)
@@ -68,13 +68,13 @@ def main(argv: list[str]) -> int:
     spec = WorkerSpec.from_json(argv[1])
     _log_as_worker(spec.number, spec.log_level)
     from voicecli.errors import VoicecliError
-    from voicecli.server import event_loop_factory
+    from voicecli.server.app import event_loop_factory
 
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(_serve(spec))
     except VoicecliError as exc:
-        from voicecli.console import error
+        from voicecli.ui.console import error
 
         error(f"worker {spec.number}: {exc}")
         return 1

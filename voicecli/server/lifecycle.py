@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from aiohttp import WSCloseCode, web
 from loguru import logger
 
-from voicecli import urls
 from voicecli.errors import ProviderError
-from voicecli.limits import Slot, UnprovenCap
 from voicecli.providers.base import DialRequest, InboundCall, StatusUpdate, StreamCall, StreamMessages, WebhookRejected
+from voicecli.server import urls
+from voicecli.server.limits import Slot, UnprovenCap
+from voicecli.server.tokens import TokenScope, make_token, verify_token
 from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, new_call_id
 from voicecli.store.records import parse_iso
-from voicecli.tokens import TokenScope, make_token, verify_token
 
 if TYPE_CHECKING:
+    from voicecli.call.session import CallSession
     from voicecli.providers.base import Provider, StreamStart
-    from voicecli.server_state import ServerState
-    from voicecli.session import CallSession
+    from voicecli.server.state import ServerState
 
 # Provider messages are small (a 20 ms media frame is ~300 bytes); larger ones are junk
 # and skipped. Past the hard limit aiohttp closes the socket to protect memory.
@@ -458,7 +458,7 @@ class CallOwner:
     async def _run(
         self, admitted: tuple[LiveCall, StreamStart], agent: str, messages: AsyncIterator[tuple[str, dict[str, Any]]]
     ) -> None:
-        from voicecli.session import CallSession  # pipecat: imported by the first call, not at start
+        from voicecli.call.session import CallSession  # pipecat: imported by the first call, not at start
 
         call, start = admitted
         async with self._owned(call):
@@ -569,7 +569,7 @@ class CallOwner:
             logger.info(f"waiting up to {grace_s:g}s for {len(self.live) + len(self.handshakes)} call(s) to finish")
             await self._wait_settled(grace_s, force)
         if self.live and not force.is_set():
-            from voicecli.session import POLITE_END_LIMIT_S
+            from voicecli.call.session import POLITE_END_LIMIT_S
 
             self._ending = "server shutting down"
             logger.info(f"ending {len(self.live)} call(s): goodbye, then hang-up")

@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from voicecli.lifecycle import CallRefused
-from voicecli.server_state import STATE
+from voicecli.server.lifecycle import CallRefused
+from voicecli.server.state import STATE
 
 E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 

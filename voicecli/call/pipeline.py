@@ -28,9 +28,9 @@ from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnSto
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from voicecli.agents import Agent, TurnConfig
+from voicecli.call.models import SharedSileroVAD, SharedSmartTurn
+from voicecli.call.transport import CallLine, WebsocketTransport
 from voicecli.services import SERVICES, create_service
-from voicecli.shared_models import SharedSileroVAD, SharedSmartTurn
-from voicecli.transport import CallLine, WebsocketTransport
 
 # Telephony audio is 8 kHz and the pipeline hears and speaks at 8 kHz, as pipecat's telephony
 # examples do: Silero runs at 8 kHz, Smart Turn and PocketSphinx resample each segment once.

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from voicecli.server_state import STATE
+from voicecli.server.state import STATE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from voicecli.console import stdout
 from voicecli.providers import PROVIDERS
-from voicecli.server_state import ServerState
-from voicecli.state import API_TOKEN_FILE
-from voicecli.urls import stream_url, webhook_url
+from voicecli.runtime import API_TOKEN_FILE
+from voicecli.server.state import ServerState
+from voicecli.server.urls import stream_url, webhook_url
+from voicecli.ui.console import stdout
 
 
 def print_banner(state: ServerState, local_url: str, tunnel: str | None = None, workers: int = 1) -> None:

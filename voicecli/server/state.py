@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from loguru import logger
 
-from voicecli.cluster import Membership
-from voicecli.lifecycle import CallOwner, Timeouts
-from voicecli.limits import SlotLimiter
 from voicecli.providers import PROVIDERS, load_provider
-from voicecli.state import API_TOKEN_FILE, SECRET_FILE, new_instance_id, write_private
+from voicecli.runtime import API_TOKEN_FILE, SECRET_FILE, new_instance_id, write_private
+from voicecli.server.cluster import Membership
+from voicecli.server.lifecycle import CallOwner, Timeouts
+from voicecli.server.limits import SlotLimiter
 from voicecli.store import CallStore, Event, Holder, store_for
 
 if TYPE_CHECKING:

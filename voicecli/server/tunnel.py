@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voicecli.errors import VoicecliError
-from voicecli.state import write_private
-from voicecli.urls import webhook_url
+from voicecli.runtime import write_private
+from voicecli.server.urls import webhook_url
 
 if TYPE_CHECKING:
     from voicecli.settings import Settings

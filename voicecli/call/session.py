@@ -11,11 +11,11 @@ from loguru import logger
 from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.workers.runner import WorkerRunner
 
+from voicecli.call.models import load_models
+from voicecli.call.pipeline import build_task
+from voicecli.call.transport import CallLine
 from voicecli.errors import AgentError
-from voicecli.pipeline import build_task
 from voicecli.services import create_service
-from voicecli.shared_models import load_models
-from voicecli.transport import CallLine
 
 if TYPE_CHECKING:
     from aiohttp import web

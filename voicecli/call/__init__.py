@@ -1,0 +1,1 @@
+"""One call's media path: session, pipeline, transport, shared models, audio."""

@@ -1,0 +1,1 @@
+"""The providers' side of a call, for `voicecli simulate` and the tests."""
