@@ -13,12 +13,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from voicecli.agents import load_agents
+from voicecli.providers import PROVIDERS
 from voicecli.server.app import create_app
 from voicecli.server.lifecycle import Timeouts
 from voicecli.server.state import ServerState, build_state
 from voicecli.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+# Every registered provider's variables ({NAME}_...), cleared from the test environment.
+PROVIDER_PREFIXES = tuple(f"{name.upper()}_" for name in PROVIDERS)
 TWILIO_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_TOKEN = "twilio-test-auth-token-1234"
 pytest_plugins = ["tests.postgres_server"]  # postgres_server and database_url: a real server
@@ -30,7 +33,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "agents", tmp_path / "agents")
     monkeypatch.chdir(tmp_path)
     for name in list(__import__("os").environ):
-        if name.startswith(("TWILIO_", "EXOTEL_", "VOBIZ_", "VOICECLI_", "TELEPHONY_")) or name in (
+        if name.startswith((*PROVIDER_PREFIXES, "VOICECLI_", "TELEPHONY_")) or name in (
             "PUBLIC_BASE_URL",
             "OPENAI_API_KEY",
             "DEEPGRAM_API_KEY",

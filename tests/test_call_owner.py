@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode
 
 from tests.conftest import TWILIO_TOKEN, VOBIZ_TOKEN, twilio_env, vobiz_env
 from tests.wire import WireCall, agent_audio
-from voicecli.providers.vobiz import _hmac_b64
+from voicecli.providers.plivo_family import hmac_b64 as _hmac_b64
 from voicecli.server.lifecycle import Timeouts
 
 SECRET = "exotel-stream-secret-1"

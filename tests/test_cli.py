@@ -119,7 +119,7 @@ async def test_config_set_with_a_server_running_changes_it_live_and_it_survives_
         )
         assert code == 0, err
         assert "voicecli.toml; a restart of voicecli serve applies it" in out
-        assert server.state.settings.twilio_api_base == "https://api.twilio.com"
+        assert server.state.settings.get("twilio_api_base") == "https://api.twilio.com"
 
         again = await start_server()  # a restart: a new server on the same project
         async with http.get(again.url + "/api/settings/telephony", headers=again.headers) as resp:

@@ -24,10 +24,10 @@ runner = CliRunner()
 def test_defaults_then_dotenv_then_environment_then_file_then_flags(project: Path) -> None:
     settings = load_settings(project, environ={})
     assert settings.provider == "twilio" and settings.sources["provider"] == "default"
-    assert settings.twilio_max_concurrent == 10
-    assert settings.twilio_api_base == "https://api.twilio.com"
-    assert settings.exotel_api_base == "https://api.exotel.com"
-    assert settings.vobiz_api_base == "https://api.vobiz.ai/api/v1"
+    assert settings.get("twilio_max_concurrent") == 10
+    assert settings.get("twilio_api_base") == "https://api.twilio.com"
+    assert settings.get("exotel_api_base") == "https://api.exotel.com"
+    assert settings.get("vobiz_api_base") == "https://api.vobiz.ai/api/v1"
 
     (project / ".env").write_text("TELEPHONY_PROVIDER=exotel\nTWILIO_MAX_CONCURRENT=3\n")
     settings = load_settings(project, environ={})
@@ -35,7 +35,7 @@ def test_defaults_then_dotenv_then_environment_then_file_then_flags(project: Pat
 
     settings = load_settings(project, environ={"TELEPHONY_PROVIDER": "vobiz"})
     assert settings.provider == "vobiz"  # the process environment beats .env
-    assert settings.twilio_max_concurrent == 3
+    assert settings.get("twilio_max_concurrent") == 3
 
     (project / "voicecli.toml").write_text('provider = "twilio"\n')
     settings = load_settings(project, environ={"TELEPHONY_PROVIDER": "vobiz"})
@@ -48,8 +48,8 @@ def test_defaults_then_dotenv_then_environment_then_file_then_flags(project: Pat
 def test_voicecli_config_names_another_file(project: Path) -> None:
     other = project / "elsewhere.toml"
     other.write_text("vobiz_max_concurrent = 4\n")
-    assert load_settings(project, environ={"VOICECLI_CONFIG": str(other)}).vobiz_max_concurrent == 4
-    assert load_settings(project, environ={}, config_path=other).vobiz_max_concurrent == 4
+    assert load_settings(project, environ={"VOICECLI_CONFIG": str(other)}).get("vobiz_max_concurrent") == 4
+    assert load_settings(project, environ={}, config_path=other).get("vobiz_max_concurrent") == 4
 
 
 @pytest.mark.parametrize(
@@ -118,6 +118,24 @@ def test_config_set_get_list_unset(project: Path) -> None:
     assert asyncio.run(_stored(project)) == {"twilio_auth_token": secret}
 
 
+def test_config_describe_says_what_a_setting_is_and_where_its_value_comes_from(project: Path) -> None:
+    secret = "describe-me-secret-1234"
+    result = runner.invoke(app, ["config", "describe", "vobiz_auth_token"], env={"VOBIZ_AUTH_TOKEN": secret})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "vobiz_auth_token: Vobiz auth token"
+    assert "variable:   VOBIZ_AUTH_TOKEN" in lines[1]
+    assert "value:      ****1234  (from environment)" in result.output
+    assert secret not in result.output
+
+    result = runner.invoke(app, ["config", "describe", "exotel_api_base"])
+    assert "default:    https://api.exotel.com" in result.output
+    assert "read at start-up" in result.output  # file-only
+
+    result = runner.invoke(app, ["config", "describe", "twilio_max_concurent"])
+    assert result.exit_code == 1 and "unknown setting 'twilio_max_concurent'" in result.output
+
+
 async def _stored(project: Path, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The store's settings layer, read (or changed) as any other process would."""
     store = SQLiteCallStore(project / ".voicecli" / "calls.db")
@@ -133,8 +151,8 @@ def test_the_store_beats_the_file_and_the_environment_and_flags_beat_the_store(p
     base = load_settings(project, environ={"TELEPHONY_PROVIDER": "twilio", "EXOTEL_MAX_CONCURRENT": "6"})
     stored = base.with_store({"provider": "exotel", "exotel_max_concurrent": 8})
     assert (stored.provider, stored.sources["provider"]) == ("exotel", "store")
-    assert (stored.exotel_max_concurrent, stored.sources["exotel_max_concurrent"]) == (8, "store")
-    assert (stored.twilio_max_concurrent, stored.sources["twilio_max_concurrent"]) == (4, "file")
+    assert (stored.get("exotel_max_concurrent"), stored.sources["exotel_max_concurrent"]) == (8, "store")
+    assert (stored.get("twilio_max_concurrent"), stored.sources["twilio_max_concurrent"]) == (4, "file")
     assert stored.with_store({}).provider == "vobiz"  # an empty store: the file again
 
     flagged = load_settings(project, environ={}, flags={"provider": "twilio"}).with_store({"provider": "exotel"})
@@ -151,7 +169,7 @@ def test_the_store_layer_ignores_names_gone_or_file_only(project: Path) -> None:
         {"colour": "blue", "database_url": "postgresql://u:p@db/voicecli", "workers": 4, "vobiz_max_concurrent": 3}
     )
     assert settings.database_url is None and settings.workers == 1
-    assert settings.vobiz_max_concurrent == 3 and dict(settings.stored) == {"vobiz_max_concurrent": 3}
+    assert settings.get("vobiz_max_concurrent") == 3 and dict(settings.stored) == {"vobiz_max_concurrent": 3}
 
 
 @pytest.mark.parametrize("name", ["database_url", "workers", "twilio_api_base", "exotel_api_base", "vobiz_api_base"])

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
+from voicecli.emulator.base import CallerSide, SimCall
 from voicecli.emulator.simulator import _local_ws_url
 from voicecli.providers import load_caller
-from voicecli.providers.base import CallerSide, SimCall
 from voicecli.settings import Settings
 from voicecli.store import TERMINAL_STATUSES, CallRecord
 

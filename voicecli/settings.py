@@ -10,9 +10,8 @@ Code below this module never reads `os.environ`: it gets a `Settings`.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 from voicecli.errors import SettingsError, VoicecliError
 from voicecli.server.urls import hide_password
+from voicecli.settings_schema import Setting, as_http_url, as_str, mask
 
 if TYPE_CHECKING:
     from voicecli.store import CallStore
@@ -31,51 +31,17 @@ CONFIG_FILE = "voicecli.toml"
 STATE_DIR = ".voicecli"
 
 
-def _as_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value.strip()
-
-
-def _as_limit(value: Any) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError("must be a whole number from 1 to 10000") from None
-    if isinstance(value, bool) or not 1 <= number <= 10000:
-        raise ValueError("must be a whole number from 1 to 10000")
-    return number
-
-
-def _as_url(*schemes: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        text = _as_str(value).rstrip("/")
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not parts.netloc:
-            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
-        return text
-
-    return check
-
-
 def _as_provider(value: Any) -> str:
     from voicecli.providers import PROVIDERS  # the registry is data only: cheap to import
 
-    text = _as_str(value).lower()
+    text = as_str(value).lower()
     if text not in PROVIDERS:
         raise ValueError(f"must be one of {', '.join(PROVIDERS)}")
     return text
 
 
-def _as_phone(value: Any) -> str:
-    text = _as_str(value)
-    if not re.fullmatch(r"\+?[0-9]{6,16}", text):
-        raise ValueError("must be a phone number such as +15551234567")
-    return text
-
-
 def _as_database_url(value: Any) -> str:
-    text = _as_str(value)
+    text = as_str(value)
     parts = urlsplit(text)
     if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
         raise ValueError("must be a PostgreSQL URL such as postgresql://user:password@host:5432/voicecli")
@@ -99,7 +65,7 @@ def _as_networks(value: Any) -> str:
     """Comma-separated addresses or CIDR ranges, normalised (`127.0.0.1, 10.0.0.0/8`)."""
     import ipaddress
 
-    parts = [p.strip() for p in _as_str(value).split(",") if p.strip()]
+    parts = [p.strip() for p in as_str(value).split(",") if p.strip()]
     try:
         return ",".join(str(ipaddress.ip_network(p, strict=False)) for p in parts)
     except ValueError:
@@ -108,55 +74,16 @@ def _as_networks(value: Any) -> str:
         ) from None
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One declared setting: its name in the file and API, its variable, its rules."""
+def _provider_rows() -> tuple[Setting, ...]:
+    from voicecli.providers import setting_rows  # each provider declares its own (providers/base.py)
 
-    name: str
-    default: Any
-    parse: Callable[[Any], Any]
-    help: str
-    secret: bool = False
-    env: str = ""
-    # Read once at start-up (where the store is, how many processes): voicecli.toml, the
-    # environment or a flag only; the settings API refuses them, a restart applies them.
-    file_only: bool = False
-    # How a secret is shown (default: `mask`); a URL keeps everything but its password.
-    show: Callable[[Any], Any] | None = None
+    return setting_rows()
 
-    @property
-    def env_name(self) -> str:
-        return self.env or self.name.upper()
-
-    def shown(self, value: Any) -> Any:
-        """The value fit for a terminal or an API answer: secrets masked."""
-        if value is None or not self.secret:
-            return value
-        return (self.show or mask)(value)
-
-
-_HTTP = _as_url("http", "https")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("provider", "twilio", _as_provider, "default telephony provider", env="TELEPHONY_PROVIDER"),
-    Setting("public_base_url", None, _HTTP, "public https URL that reaches this server"),
-    Setting("twilio_account_sid", None, _as_str, "Twilio account SID (AC...)"),
-    Setting("twilio_auth_token", None, _as_str, "Twilio auth token", secret=True),
-    Setting("twilio_phone_number", None, _as_phone, "default Twilio caller ID"),
-    Setting("twilio_api_base", "https://api.twilio.com", _HTTP, "Twilio REST base URL", file_only=True),
-    Setting("twilio_max_concurrent", 10, _as_limit, "concurrent Twilio calls"),
-    Setting("exotel_account_sid", None, _as_str, "Exotel account SID"),
-    Setting("exotel_api_key", None, _as_str, "Exotel API key", secret=True),
-    Setting("exotel_api_token", None, _as_str, "Exotel API token", secret=True),
-    Setting("exotel_phone_number", None, _as_phone, "default Exotel virtual number"),
-    Setting("exotel_api_base", "https://api.exotel.com", _HTTP, "Exotel REST base URL (no /v1)", file_only=True),
-    Setting("exotel_max_concurrent", 10, _as_limit, "concurrent Exotel calls"),
-    Setting("exotel_stream_secret", None, _as_str, "secret for static Exotel stream URLs", secret=True),
-    Setting("vobiz_auth_id", None, _as_str, "Vobiz auth ID (MA_...)"),
-    Setting("vobiz_auth_token", None, _as_str, "Vobiz auth token", secret=True),
-    Setting("vobiz_phone_number", None, _as_phone, "default Vobiz caller ID"),
-    Setting("vobiz_api_base", "https://api.vobiz.ai/api/v1", _HTTP, "Vobiz REST base URL", file_only=True),
-    Setting("vobiz_max_concurrent", 10, _as_limit, "concurrent Vobiz calls"),
+    Setting("public_base_url", None, as_http_url, "public https URL that reaches this server"),
+    *_provider_rows(),
     Setting(
         "trusted_proxies",
         None,
@@ -210,11 +137,27 @@ class Settings:
     # What the merge started from, so a change to one layer can be merged again the same way.
     layers: Layers = Layers()
 
-    def __getattr__(self, name: str) -> Any:
-        # Declared settings read as attributes: settings.twilio_auth_token.
-        if name in BY_NAME:
-            return self.values[name]
-        raise AttributeError(name)
+    # The core settings, typed; a provider reads its own through its typed view
+    # (`Provider.config`), anything else by name with `get`.
+    @property
+    def provider(self) -> str:
+        return self.values["provider"]
+
+    @property
+    def public_base_url(self) -> str | None:
+        return self.values["public_base_url"]
+
+    @property
+    def trusted_proxies(self) -> str | None:
+        return self.values["trusted_proxies"]
+
+    @property
+    def database_url(self) -> str | None:
+        return self.values["database_url"]
+
+    @property
+    def workers(self) -> int | str:
+        return self.values["workers"]
 
     @property
     def state_dir(self) -> Path:
@@ -283,14 +226,6 @@ def read_at_start_up(spec: Setting) -> str:
         f"{spec.name} is read at start-up: set it in voicecli.toml (voicecli config set {spec.name} VALUE)"
         f" or the environment ({spec.env_name}); a restart of voicecli serve applies it"
     )
-
-
-def mask(value: Any) -> Any:
-    """Show that a secret is set without showing it."""
-    if not value:
-        return value
-    text = str(value)
-    return "****" + text[-4:] if len(text) >= 12 else "****"
 
 
 def setting(name: str) -> Setting:

@@ -133,3 +133,26 @@ def list_(config: Config = None) -> None:
     for spec in SETTINGS:
         table.add_row(spec.name, _shown(spec.name, settings.get(spec.name)), settings.sources[spec.name])
     stdout().print(table)
+
+
+@app.command("describe")
+def describe(key: str, config: Config = None) -> None:
+    """What KEY is: its help, variable, default, the value in force and where it comes from."""
+    from voicecli.settings import setting
+
+    spec = setting(key)
+    settings = _load(config)
+    changed_by = (
+        f"voicecli config set (into voicecli.toml) or ${spec.env_name}; read at start-up, a restart applies it"
+        if spec.file_only
+        else "voicecli config set, the settings API (live on every server), voicecli.toml or the environment"
+    )
+    lines = [
+        f"{spec.name}: {spec.help}",
+        f"  variable:   {spec.env_name}",
+        f"  default:    {_shown(key, spec.default) or '(none)'}",
+        f"  value:      {_shown(key, settings.get(key)) or '(not set)'}  (from {settings.sources[key]})",
+        f"  secret:     {'yes: shown masked, never printed' if spec.secret else 'no'}",
+        f"  changed by: {changed_by}",
+    ]
+    typer.echo("\n".join(lines))

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from voicecli.call.audio import read_wav, resample, silence
+from voicecli.emulator.base import CallerSide, SimCall
 from voicecli.errors import ServerNotRunningError, VoicecliError
 from voicecli.providers import load_caller
-from voicecli.providers.base import CallerSide, SimCall, WebhookRejected
+from voicecli.providers.base import WebhookRejected
 from voicecli.settings import Settings
 
 RATE = 8000

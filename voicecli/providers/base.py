@@ -1,10 +1,15 @@
-"""The provider contract: what every telephony provider implements, server side and caller side.
+"""The provider contract: what every telephony provider implements on the server side.
 
-Server side (`Provider`): read and verify the inbound webhook, answer it with the document
-that points the provider at our media stream, open the stream from its first messages
-(returning pipecat's serializer and the call's metadata), hang up, and dial out.
-Caller side (`CallerSide`): the same protocol from the provider's end, which
-`voicecli simulate` and the tests use to place emulated calls.
+Every provider reads and verifies its inbound webhook, answers it with the document that
+points the provider at our media stream, opens the stream from its first messages
+(returning pipecat's serializer and the call's metadata), reads its status callbacks and
+dials out. What only some providers do is a named capability (`HangsUp`, `PointsNumbers`,
+...): a class the provider also derives from, which callers test with `isinstance`.
+A provider declares its own settings as a `ProviderSettings` dataclass (`config_type`) and
+reads them through `self.config`, typed.
+
+The provider's own side of a call (the emulator `voicecli simulate` and the tests use)
+lives in `voicecli.emulator`.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from voicecli.server.urls import status_url, webhook_url
+from voicecli.settings_schema import Setting, as_limit, as_phone
 
 if TYPE_CHECKING:
     import aiohttp
@@ -46,6 +52,9 @@ class InboundCall:
     # The signature's one-time values, where the provider's signature has them (Vobiz): a
     # request that repeats one is a replay and is refused.
     nonces: tuple[str, ...] = ()
+    # The id the dial API returned, where a provider's call id differs from it (Plivo's
+    # RequestUUID): a dialled call's callbacks are matched by either.
+    dial_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +64,8 @@ class StatusUpdate:
     provider_call_id: str | None
     status: str
     reason: str
-    # The provider expects the stream document in the answer (Exotel's answered callback).
-    answer_with_stream: bool = False
     nonces: tuple[str, ...] = ()  # as InboundCall.nonces
+    dial_id: str | None = None  # as InboundCall.dial_id
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,9 @@ class StreamStart:
     from_number: str | None = None
     to_number: str | None = None
     direction: Direction | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The provider's own check accepted a stream that carries no token (Exotel's static
+    # stream URL with its secret): the call begins at the stream.
+    accepted_without_token: bool = False
 
 
 class StreamMessages:
@@ -142,16 +152,72 @@ class StreamMessages:
                 return
 
 
+# --- a provider's own settings ---------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """How one field of a ProviderSettings is declared as a setting."""
+
+    parse: Any  # Callable[[Any], Any]: the value's parser (settings_schema)
+    help: str  # "{label}" becomes the provider's label
+    secret: bool = False
+    file_only: bool = False
+    # Needed to dial out, hang up through the API and check signatures (`doctor` checks them).
+    credential: bool = False
+
+
+def row(
+    default: Any, parse: Any, help: str, *, secret: bool = False, file_only: bool = False, credential: bool = False
+) -> Any:
+    """A ProviderSettings field declared as the setting `{provider}_{field}`."""
+    return field(default=default, metadata={"row": Row(parse, help, secret, file_only, credential)})
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """A provider's settings, typed. Subclasses add their fields with `row`; each field is
+    the setting `{provider}_{field}` (variable `{PROVIDER}_{FIELD}`) in voicecli.toml, the
+    environment, the store and the settings API."""
+
+    phone_number: str | None = row(None, as_phone, "default {label} caller ID")
+    max_concurrent: int = row(10, as_limit, "concurrent {label} calls")
+
+    @classmethod
+    def _fields(cls) -> list[Field[Any]]:
+        shared = {f.name for f in fields(ProviderSettings)}
+        declared = fields(cls)  # type: ignore[arg-type]
+        # The provider's own fields first (credentials read best first), then the shared ones.
+        return [f for f in declared if f.name not in shared] + [f for f in declared if f.name in shared]
+
+    @classmethod
+    def rows(cls, provider: str, label: str) -> tuple[Setting, ...]:
+        """The settings this provider declares, for the settings table."""
+        out = []
+        for f in cls._fields():
+            spec: Row = f.metadata["row"]
+            default = None if f.default is MISSING else f.default
+            help_text = spec.help.format(label=label)
+            out.append(
+                Setting(f"{provider}_{f.name}", default, spec.parse, help_text, spec.secret, file_only=spec.file_only)
+            )
+        return tuple(out)
+
+    @classmethod
+    def credentials(cls, provider: str) -> tuple[str, ...]:
+        """The names of the settings marked as credentials."""
+        return tuple(f"{provider}_{f.name}" for f in cls._fields() if f.metadata["row"].credential)
+
+    @classmethod
+    def read(cls, settings: Settings, provider: str) -> Self:
+        """This provider's values from the merged settings."""
+        return cls(**{f.name: settings.get(f"{provider}_{f.name}") for f in cls._fields()})
+
+
 class Provider(ABC):
     """One telephony provider behind voicecli's contract."""
 
     name: ClassVar[str]
-    # Settings whose values dialling out, REST hang-up and signature checks need.
-    credential_settings: ClassVar[tuple[str, ...]]
-    # The setting that holds the default caller ID for outbound calls.
-    phone_setting: ClassVar[str]
-    # Inbound audio arrives in messages of about this many milliseconds.
-    frame_ms: ClassVar[int] = 20
+    label: ClassVar[str]  # how messages name it: "Twilio"
+    config_type: ClassVar[type[ProviderSettings]]
     # Where a user finds the credentials, for `doctor`'s fixes.
     credentials_from: ClassVar[str] = "the provider's console"
     # Where the provider's console takes the inbound URL ({number} and {status_url} filled in).
@@ -159,10 +225,19 @@ class Provider(ABC):
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.config = self.config_type.read(settings, self.name)
 
     @property
     def max_concurrent(self) -> int:
-        return int(self.settings.get(f"{self.name}_max_concurrent"))
+        return self.config.max_concurrent
+
+    @property
+    def phone_setting(self) -> str:
+        return f"{self.name}_phone_number"
+
+    @property
+    def credential_settings(self) -> tuple[str, ...]:
+        return self.config_type.credentials(self.name)
 
     def missing_credentials(self) -> list[str]:
         """Environment variable names of credential settings that are not set."""
@@ -175,76 +250,34 @@ class Provider(ABC):
     def dial_missing(self, from_number: str | None) -> list[str]:
         """Variables to set before this provider can dial out (credentials, caller ID)."""
         missing = self.missing_credentials()
-        if not from_number and not self.settings.get(self.phone_setting):
+        if not from_number and not self.config.phone_number:
             missing.append(self.phone_setting.upper())
         return missing
 
     def caller_id(self, from_number: str | None) -> str:
-        return from_number or str(self.settings.get(self.phone_setting))
-
-    # --- setting up and checking the account -------------------------------------------
-    @abstractmethod
-    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
-        """A cheap authenticated read: None when the credentials are accepted, else the refusal.
-
-        Network errors and timeouts raise; the caller bounds the time.
-        """
-
-    async def point_number(self, webhook_url: str) -> str | None:
-        """Point the number at `webhook_url` through the API and say what changed.
-
-        None where the provider has no such API or the number is not set: the user pastes it.
-        """
-        return None
-
-    async def number_webhook(self) -> str | None:
-        """Where the number sends its calls now, read from the API; None where it cannot tell.
-
-        Raises ProviderError when the provider refuses the lookup.
-        """
-        return None
+        return from_number or str(self.config.phone_number)
 
     def paste_instructions(self, public_base_url: str, agent: str) -> str:
         """The exact inbound URL to paste into the provider's console, and where."""
-        number = self.settings.get(self.phone_setting) or "your number"
+        number = self.config.phone_number or "your number"
         where = self.console_hint.format(number=number, status_url=status_url(public_base_url, self.name))
         return f"{self.name}: paste {webhook_url(public_base_url, self.name, agent)}\n  where: {where}"
 
-    @abstractmethod
-    async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
-        """Place an outbound call; return the provider's call id or raise ProviderError."""
-
-    # --- inbound webhook -------------------------------------------------------------
+    # --- calls -------------------------------------------------------------------------
     @abstractmethod
     async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
-        """Verify and parse an inbound call webhook; raise WebhookRejected when it is bad."""
+        """Verify and parse an inbound call webhook (or a dialled call's answer callback);
+        raise WebhookRejected when it is bad."""
 
     @abstractmethod
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
         """The document that connects the call to `stream_url` (a ws:// or wss:// URL)."""
-
-    # --- media stream ----------------------------------------------------------------
-    def check_upgrade(self, request: web.Request, public_url: str) -> bool:
-        """Refuse a bad WebSocket upgrade (raise WebhookRejected) before it is accepted.
-
-        True when the upgrade itself proves the provider sent it (a valid signature): the
-        stream may then take its slot at once.
-        """
-        return False
-
-    def upgrade_token(self, request: web.Request) -> str | None:
-        """The stream token, where the provider keeps it in the stream URL (checked at the upgrade)."""
-        return None
 
     @abstractmethod
     async def open_stream(
         self, request: web.Request, messages: AsyncIterator[tuple[str, dict[str, Any]]]
     ) -> StreamStart:
         """Read the stream's first messages and build its serializer; raise WebhookRejected."""
-
-    def stream_token_fallback(self, request: web.Request, start: StreamStart) -> bool:
-        """Whether a stream that carries no token at all may still run (a provider's own check)."""
-        return False
 
     def is_stop(self, message: Mapping[str, Any]) -> bool:
         """Whether an inbound message says the caller's side has ended the stream."""
@@ -254,77 +287,91 @@ class Provider(ABC):
         """Anything the provider wants sent on the stream before the server closes it."""
 
     @abstractmethod
+    async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
+        """Verify and parse a status callback; None when it changes nothing."""
+
+    @abstractmethod
+    async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
+        """Place an outbound call; return the provider's id for it or raise ProviderError."""
+
+
+# --- capabilities: what only some providers do --------------------------------------------
+class Capability:
+    """A named thing only some providers do; `capabilities()` lists a provider's."""
+
+    capability: ClassVar[str]
+
+
+class ChecksAccount(Capability, ABC):
+    capability = "account check"
+
+    @abstractmethod
+    async def check_account(self, http: aiohttp.ClientSession) -> str | None:
+        """A cheap authenticated read: None when the credentials are accepted, else the refusal.
+
+        Network errors and timeouts raise; the caller bounds the time.
+        """
+
+
+class HangsUp(Capability, ABC):
+    """Ends a call through the provider's API (others end it by closing the stream)."""
+
+    capability = "hang-up"
+
+    @abstractmethod
     async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
         """End the call on the provider's side; returns what was done, for the record."""
 
-    async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
-        """Verify and parse a status callback; None when it changes nothing."""
-        raise WebhookRejected(404, f"{self.name} sends no status callbacks here")
 
+class PointsNumbers(Capability, ABC):
+    """Points the number at the server through the API (`serve --update-webhook`)."""
 
-@dataclass
-class AgentAudio:
-    """What the emulator got from one outbound message: audio, or a control event."""
-
-    pcm16: bytes = b""
-    event: str = "media"
-    raw: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class SimCall:
-    """An emulated call's identity on the provider's side."""
-
-    provider_call_id: str
-    stream_id: str
-    from_number: str
-    to_number: str
-    account_id: str = "AC00000000000000000000000000000000"
-
-
-class CallerSide(ABC):
-    """The provider's end of the protocol, played by `voicecli simulate` and the tests."""
-
-    frame_ms: ClassVar[int] = 20
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    capability = "number pointing"
 
     @abstractmethod
-    def new_call(self, from_number: str, to_number: str) -> SimCall:
-        """Invent the provider's identifiers for one call."""
+    async def point_number(self, webhook_url: str) -> str | None:
+        """Point the number at `webhook_url` and say what changed; None when the number or
+        the credentials are not set (the user pastes the URL)."""
 
     @abstractmethod
-    async def ring(
-        self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        """Post the inbound webhook as the provider does; return (stream URL, parameters)."""
+    async def number_webhook(self) -> str | None:
+        """Where the number sends its calls now; None where it cannot tell.
+
+        Raises ProviderError when the provider refuses the lookup.
+        """
+
+
+class SignsUpgrades(Capability, ABC):
+    """Signs the media WebSocket's upgrade request (Twilio)."""
+
+    capability = "signed stream upgrade"
 
     @abstractmethod
-    async def pick_up(
-        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        """Answer a call the server dialled, given what it sent the provider's REST API."""
+    def check_upgrade(self, request: web.Request, public_url: str) -> bool:
+        """Refuse a forged upgrade (raise WebhookRejected) before it is accepted. True when
+        a valid signature proves the provider sent it: the stream may take its slot at once."""
 
-    @abstractmethod
-    def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
-        """The messages the provider sends first (connected/start)."""
 
-    @abstractmethod
-    def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
-        """One inbound media message carrying 8 kHz 16-bit audio in the provider's encoding."""
+class TokenInStreamUrl(Capability):
+    """Keeps the stream token in the stream URL's query, so it is checked at the upgrade."""
 
-    @abstractmethod
-    def dtmf(self, call: SimCall, digit: str, seq: int) -> dict[str, Any]:
-        """A key press."""
+    capability = "token in stream URL"
+    token_param: ClassVar[str] = "token"
 
-    @abstractmethod
-    def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
-        """The message the provider sends when the caller hangs up (None: just close)."""
+    def upgrade_token(self, request: web.Request) -> str | None:
+        return request.query.get(self.token_param)
 
-    @abstractmethod
-    def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        """Decode one message the server sent."""
+
+class StreamOnAnswered(Capability):
+    """Asks for the stream document in the answer to a dialled call's `in-progress` status
+    callback (Exotel's answered callback), not from an answer URL."""
+
+    capability = "stream from status callback"
+
+
+def capabilities(provider: Provider) -> list[str]:
+    """The names of what this provider can do beyond the contract, for status and doctor."""
+    return [c.capability for c in type(provider).__mro__ if issubclass(c, Capability) and "capability" in vars(c)]
 
 
 def text_field(params: Mapping[str, Any], name: str) -> str | None:

@@ -11,27 +11,30 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import secrets
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
 from xml.etree import ElementTree
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
-    AgentAudio,
-    CallerSide,
+    ChecksAccount,
     DialRequest,
     InboundCall,
     Provider,
-    SimCall,
+    ProviderSettings,
     StatusUpdate,
     StreamCall,
+    StreamOnAnswered,
     StreamStart,
+    TokenInStreamUrl,
     WebhookRejected,
     authenticated_read,
+    row,
     text_field,
 )
+from voicecli.settings_schema import as_http_url, as_phone, as_str
 
 if TYPE_CHECKING:
     import aiohttp
@@ -49,6 +52,16 @@ STATUSES = {
     "answered": "in-progress",
     "ringing": "ringing",
 }
+
+
+@dataclass(frozen=True)
+class ExotelSettings(ProviderSettings):
+    account_sid: str | None = row(None, as_str, "Exotel account SID", credential=True)
+    api_key: str | None = row(None, as_str, "Exotel API key", secret=True, credential=True)
+    api_token: str | None = row(None, as_str, "Exotel API token", secret=True, credential=True)
+    api_base: str = row("https://api.exotel.com", as_http_url, "Exotel REST base URL (no /v1)", file_only=True)
+    stream_secret: str | None = row(None, as_str, "secret for static Exotel stream URLs", secret=True)
+    phone_number: str | None = row(None, as_phone, "default Exotel virtual number")
 
 
 def _prefers_json(request: web.Request) -> bool:
@@ -75,20 +88,20 @@ def _with_query(url: str, params: Mapping[str, str]) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-class ExotelProvider(Provider):
+class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered):
     """Exotel Voicebot applet (bidirectional stream)."""
 
     name = "exotel"
-    credential_settings = ("exotel_account_sid", "exotel_api_key", "exotel_api_token")
-    phone_setting = "exotel_phone_number"
+    label = "Exotel"
+    config_type = ExotelSettings
+    config: ExotelSettings
     credentials_from = "Exotel dashboard > API"
     console_hint = (
         "Exotel App Bazaar > the flow of {number} > Voicebot applet > URL (dynamic mode); add a Hangup applet after it"
     )
-    frame_ms = 100
 
     def security_notes(self) -> list[str]:
-        if not self.settings.exotel_stream_secret:
+        if not self.config.stream_secret:
             return [
                 "EXOTEL_STREAM_SECRET not set: a static Exotel stream URL is accepted from anyone "
                 "who finds it (Exotel signs nothing); set it and add ?secret=... to the pasted URL"
@@ -98,24 +111,21 @@ class ExotelProvider(Provider):
     def _check_secret(self, request: web.Request) -> None:
         """With EXOTEL_STREAM_SECRET set, Exotel's requests must carry it as ?secret=... (B6):
         Exotel signs nothing, so the secret in the URLs it was given is the only proof."""
-        configured = self.settings.exotel_stream_secret
+        configured = self.config.stream_secret
         if configured and not hmac.compare_digest(request.query.get(SECRET_PARAM, "").encode(), configured.encode()):
             raise WebhookRejected(403, "missing or wrong ?secret= (EXOTEL_STREAM_SECRET)")
 
     def with_secret(self, url: str) -> str:
         """`url` with ?secret=... when EXOTEL_STREAM_SECRET is set: what Exotel must be given."""
-        configured = self.settings.exotel_stream_secret
+        configured = self.config.stream_secret
         return _with_query(url, {SECRET_PARAM: configured}) if configured else url
 
     def paste_instructions(self, public_base_url: str, agent: str) -> str:
         text = super().paste_instructions(public_base_url, agent)
-        if not self.settings.exotel_stream_secret:
+        if not self.config.stream_secret:
             return text
         # The secret itself is never printed: the user has it in their settings.
         return text.replace("\n", "?secret=<EXOTEL_STREAM_SECRET>\n", 1)
-
-    def upgrade_token(self, request: web.Request) -> str | None:
-        return request.query.get(TOKEN_PARAM)
 
     async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
         self._check_secret(request)
@@ -169,34 +179,32 @@ class ExotelProvider(Provider):
                 token=token if isinstance(token, str) else None,
                 from_number=text_field(start, "from"),
                 to_number=text_field(start, "to"),
-                extra={"secret": secret if isinstance(secret, str) else ""},
+                accepted_without_token=self._static_url_allowed(secret),
             )
         raise WebhookRejected(400, "stream closed before its start message")
 
-    def stream_token_fallback(self, request: web.Request, start: StreamStart) -> bool:
-        """Static mode: the pasted URL carries ?secret=...; with no secret configured, anyone."""
-        configured = self.settings.exotel_stream_secret
+    def _static_url_allowed(self, secret: Any) -> bool:
+        """Static mode (a stream with no token): the pasted URL carries ?secret=...; with no
+        secret configured, anyone may open one (the banner warns)."""
+        configured = self.config.stream_secret
         if not configured:
             return True
-        given = str(start.extra.get("secret", ""))
+        given = secret if isinstance(secret, str) else ""
         return hmac.compare_digest(given.encode(), configured.encode())
 
-    async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
-        return "ended by closing the stream (Exotel has no hang-up call for it)"
-
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": _basic_auth(self.settings.exotel_api_key, self.settings.exotel_api_token)}
+        return {"Authorization": _basic_auth(self.config.api_key, self.config.api_token)}
 
     async def check_account(self, http: aiohttp.ClientSession) -> str | None:
-        url = f"{self.settings.exotel_api_base}/v1/Accounts/{self.settings.exotel_account_sid}"
+        url = f"{self.config.api_base}/v1/Accounts/{self.config.account_sid}"
         return await authenticated_read(http, url, self._auth())
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
         """Calls/connect.json in Connect-Voice-AI mode: the stream URL goes in StreamUrl (B4)."""
         import aiohttp
 
-        settings = self.settings
-        url = f"{settings.exotel_api_base}/v1/Accounts/{settings.exotel_account_sid}/Calls/connect.json"
+        config = self.config
+        url = f"{config.api_base}/v1/Accounts/{config.account_sid}/Calls/connect.json"
         form = [
             ("From", request.to_number),  # Exotel dials `From` first: the customer
             ("CallerId", request.from_number),
@@ -234,7 +242,8 @@ class ExotelProvider(Provider):
         status = "in-progress" if answered else STATUSES.get(raw)
         if status is None:
             raise WebhookRejected(400, "missing or unknown Status")
-        return StatusUpdate(text_field(params, "CallSid"), status, f"Exotel: {raw or 'answered'}", answered)
+        # `in-progress` (answered) asks for the stream document in our answer (StreamOnAnswered).
+        return StatusUpdate(text_field(params, "CallSid"), status, f"Exotel: {raw or 'answered'}")
 
 
 def _exotel_error(text: str) -> str:
@@ -255,102 +264,7 @@ async def _body(request: web.Request) -> Mapping[str, Any]:
     return await request.post()
 
 
-class ExotelCaller(CallerSide):
-    """Exotel's end: the applet fetches the dynamic URL, then streams 100 ms PCM frames."""
-
-    frame_ms = 100
-
-    def new_call(self, from_number: str, to_number: str) -> SimCall:
-        return SimCall(
-            provider_call_id=secrets.token_hex(16),
-            stream_id="MZ" + secrets.token_hex(16),
-            from_number=from_number,
-            to_number=to_number,
-            account_id=self.settings.exotel_account_sid or "voicecli1",
-        )
-
-    async def ring(
-        self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        query = {"CallSid": call.provider_call_id, "CallFrom": call.from_number, "CallTo": call.to_number}
-        if self.settings.exotel_stream_secret:  # as App Bazaar was given the URL (README)
-            query[SECRET_PARAM] = self.settings.exotel_stream_secret
-        async with http.get(f"{server_url}/telephony/exotel/inbound/{agent}", params=query) as resp:
-            body = await resp.text()
-            if resp.status != 200:
-                raise WebhookRejected(resp.status, body.strip())
-        url = json.loads(body)["url"]
-        # Exotel hands the URL's query back as custom_parameters (at most 3 pairs).
-        custom = dict(parse_qsl(urlsplit(url).query)[:3])
-        return url, custom
-
-    async def pick_up(
-        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        url = str(dial["StreamUrl"])
-        return url, dict(parse_qsl(urlsplit(url).query)[:3])
-
-    def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
-        return [
-            {"event": "connected"},
-            {
-                "event": "start",
-                "sequence_number": "1",
-                "stream_sid": call.stream_id,
-                "start": {
-                    "stream_sid": call.stream_id,
-                    "call_sid": call.provider_call_id,
-                    "account_sid": call.account_id,
-                    "from": call.from_number,
-                    "to": call.to_number,
-                    "custom_parameters": dict(parameters),
-                    "media_format": {"encoding": "audio/x-raw", "sample_rate": "8000", "bit_rate": "16"},
-                },
-            },
-        ]
-
-    def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
-        chunk = seq - 1
-        return {
-            "event": "media",
-            "sequence_number": str(seq),
-            "stream_sid": call.stream_id,
-            "media": {
-                "chunk": str(chunk),
-                "timestamp": str((chunk - 1) * self.frame_ms),
-                "payload": base64.b64encode(pcm16_8k).decode(),
-            },
-        }
-
-    def dtmf(self, call: SimCall, digit: str, seq: int) -> dict[str, Any]:
-        return {
-            "event": "dtmf",
-            "sequence_number": str(seq),
-            "stream_sid": call.stream_id,
-            "dtmf": {"digit": digit, "duration": "100"},
-        }
-
-    def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
-        return {
-            "event": "stop",
-            "sequence_number": str(seq),
-            "stream_sid": call.stream_id,
-            "stop": {
-                "call_sid": call.provider_call_id,
-                "account_sid": call.account_id,
-                "reason": "callended",
-            },
-        }
-
-    def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        event = str(message.get("event"))
-        if event == "media":
-            return AgentAudio(base64.b64decode(message.get("media", {}).get("payload", "")), "media", message)
-        return AgentAudio(b"", event, message)
-
-
 provider = ExotelProvider
-caller = ExotelCaller
 
 
 def _basic_auth(login: str, password: str) -> str:

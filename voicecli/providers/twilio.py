@@ -6,31 +6,32 @@ https://www.twilio.com/docs/voice/media-streams/websocket-messages
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-from xml.etree import ElementTree
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
-    AgentAudio,
-    CallerSide,
+    ChecksAccount,
     DialRequest,
+    HangsUp,
     InboundCall,
+    PointsNumbers,
     Provider,
-    SimCall,
+    ProviderSettings,
+    SignsUpgrades,
     StatusUpdate,
     StreamCall,
     StreamStart,
     WebhookRejected,
     form_params,
+    row,
     text_field,
 )
+from voicecli.settings_schema import as_http_url, as_str
 
 if TYPE_CHECKING:
     import aiohttp
@@ -59,21 +60,30 @@ STATUSES = {
 REST_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class TwilioSettings(ProviderSettings):
+    account_sid: str | None = row(None, as_str, "Twilio account SID (AC...)", credential=True)
+    auth_token: str | None = row(None, as_str, "Twilio auth token", secret=True, credential=True)
+    api_base: str = row("https://api.twilio.com", as_http_url, "Twilio REST base URL", file_only=True)
+
+
 @asynccontextmanager
-async def _rest(settings: Any, timeout_s: float = REST_TIMEOUT_S) -> AsyncIterator[Any]:
+async def _rest(config: TwilioSettings, timeout_s: float = REST_TIMEOUT_S) -> AsyncIterator[Any]:
     """The twilio SDK's async client at TWILIO_API_BASE, closed after use, time-bounded."""
+    import asyncio  # here: the settings table imports this module, and CLI commands stay fast
+
     from twilio.http.async_http_client import AsyncTwilioHttpClient
     from twilio.rest import Client
 
     # An explicit environment keeps the SDK from reading TWILIO_REGION/TWILIO_EDGE from
     # os.environ, which would rewrite the API host (protocols.md A5).
     client = Client(
-        settings.twilio_account_sid,
-        settings.twilio_auth_token,
+        config.account_sid,
+        config.auth_token,
         http_client=AsyncTwilioHttpClient(),
         environment={"VOICECLI": "1"},
     )
-    client.api.base_url = settings.twilio_api_base
+    client.api.base_url = config.api_base
     try:
         async with asyncio.timeout(timeout_s):
             yield client
@@ -94,30 +104,31 @@ def refusal(exc: Exception) -> str:
     return f"HTTP {status}: {message or exc.args[0]}"
 
 
-class TwilioProvider(Provider):
+class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgrades):
     """Twilio Programmable Voice with bidirectional Media Streams."""
 
     name = "twilio"
-    credential_settings = ("twilio_account_sid", "twilio_auth_token")
-    phone_setting = "twilio_phone_number"
+    label = "Twilio"
+    config_type = TwilioSettings
+    config: TwilioSettings
     credentials_from = "console.twilio.com > Account Info"
     console_hint = (
         'Twilio console > Phone Numbers > {number} > Voice configuration > "A call comes in": Webhook, HTTP POST'
     )
 
     def security_notes(self) -> list[str]:
-        if not self.settings.twilio_auth_token:
+        if not self.config.auth_token:
             return ["TWILIO_AUTH_TOKEN not set: Twilio webhook signatures are NOT checked"]
         return []
 
     def _validator(self) -> Any:
         from twilio.request_validator import RequestValidator
 
-        return RequestValidator(self.settings.twilio_auth_token)
+        return RequestValidator(self.config.auth_token)
 
     async def _signed_params(self, request: web.Request, public_url: str) -> Mapping[str, Any]:
         params = await form_params(request)
-        if self.settings.twilio_auth_token:
+        if self.config.auth_token:
             signature = request.headers.get("X-Twilio-Signature", "")
             # GET webhooks carry their fields in the URL, which is what is signed.
             signed = params if request.method == "POST" else {}
@@ -161,7 +172,7 @@ class TwilioProvider(Provider):
     def check_upgrade(self, request: web.Request, public_url: str) -> bool:
         # Twilio signs the upgrade too (error 31930); check it when present, never require it.
         signature = request.headers.get("X-Twilio-Signature")
-        if signature is None or not self.settings.twilio_auth_token:
+        if signature is None or not self.config.auth_token:
             return False
         parts = urlsplit(public_url)
         candidates = {public_url}
@@ -214,7 +225,7 @@ class TwilioProvider(Provider):
         from twilio.base.exceptions import TwilioException
 
         try:
-            async with _rest(self.settings) as client:
+            async with _rest(self.config) as client:
                 call = await client.calls.create_async(
                     to=request.to_number,
                     from_=request.from_number,
@@ -240,7 +251,7 @@ class TwilioProvider(Provider):
         from twilio.base.exceptions import TwilioRestException
 
         try:
-            async with _rest(self.settings) as client:
+            async with _rest(self.config) as client:
                 await client.calls(provider_call_id).update_async(status="completed")
         except TwilioRestException as exc:
             if exc.status == 404:
@@ -255,25 +266,24 @@ class TwilioProvider(Provider):
         from twilio.base.exceptions import TwilioException
 
         try:
-            async with _rest(self.settings) as client:
-                await client.api.v2010.accounts(self.settings.twilio_account_sid).fetch_async()
+            async with _rest(self.config) as client:
+                await client.api.v2010.accounts(self.config.account_sid).fetch_async()
         except TwilioException as exc:
             return f"Twilio refused them: {refusal(exc)}"
         return None
 
     async def _number(self, client: Any) -> Any:
         """The account's IncomingPhoneNumber for TWILIO_PHONE_NUMBER."""
-        phone = self.settings.twilio_phone_number
+        phone = self.config.phone_number
         numbers = await client.incoming_phone_numbers.list_async(phone_number=phone, limit=1)
         if not numbers:
             raise ProviderError(
-                f"{phone} is not a number of Twilio account {self.settings.twilio_account_sid}: "
-                "check TWILIO_PHONE_NUMBER"
+                f"{phone} is not a number of Twilio account {self.config.account_sid}: check TWILIO_PHONE_NUMBER"
             )
         return numbers[0]
 
     def _number_known(self) -> bool:
-        return not self.missing_credentials() and bool(self.settings.twilio_phone_number)
+        return not self.missing_credentials() and bool(self.config.phone_number)
 
     async def number_webhook(self) -> str | None:
         if not self._number_known():
@@ -281,7 +291,7 @@ class TwilioProvider(Provider):
         from twilio.base.exceptions import TwilioException
 
         try:
-            async with _rest(self.settings) as client:
+            async with _rest(self.config) as client:
                 number = await self._number(client)
         except TwilioException as exc:
             raise ProviderError(f"Twilio refused the number lookup: {refusal(exc)}") from None
@@ -292,9 +302,9 @@ class TwilioProvider(Provider):
             return None  # not enough to find the number: the user pastes the URL instead
         from twilio.base.exceptions import TwilioException
 
-        phone = self.settings.twilio_phone_number
+        phone = self.config.phone_number
         try:
-            async with _rest(self.settings, POINT_TIMEOUT_S) as client:
+            async with _rest(self.config, POINT_TIMEOUT_S) as client:
                 number = await self._number(client)
                 before = number.voice_url or "(none)"
                 if number.voice_url == webhook_url and (number.voice_method or "POST").upper() == "POST":
@@ -313,125 +323,8 @@ class TwilioProvider(Provider):
         return f"Twilio number {phone}: voice URL changed from {before} to {webhook_url} (POST)"
 
 
-def _stream_of(twiml: str) -> tuple[str, dict[str, str]]:
-    """The stream URL and parameters of a `<Connect><Stream>` TwiML document."""
-    stream = ElementTree.fromstring(twiml).find("./Connect/Stream")
-    if stream is None or not stream.get("url"):
-        raise WebhookRejected(502, "the TwiML has no <Connect><Stream url>")
-    return stream.get("url", ""), {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-
-
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-class TwilioCaller(CallerSide):
-    """Twilio's end of a call: signed webhook, TwiML, Media Streams messages."""
-
-    frame_ms = 20
-
-    def new_call(self, from_number: str, to_number: str) -> SimCall:
-        return SimCall(
-            provider_call_id="CA" + secrets.token_hex(16),
-            stream_id="MZ" + secrets.token_hex(16),
-            from_number=from_number,
-            to_number=to_number,
-            account_id=self.settings.twilio_account_sid or "AC" + "0" * 32,
-        )
-
-    async def ring(
-        self, http: aiohttp.ClientSession, server_url: str, agent: str, call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        from twilio.request_validator import RequestValidator
-
-        path = f"/telephony/twilio/inbound/{agent}"
-        form = {
-            "AccountSid": call.account_id,
-            "ApiVersion": "2010-04-01",
-            "CallSid": call.provider_call_id,
-            "CallStatus": "ringing",
-            "Direction": "inbound",
-            "From": call.from_number,
-            "To": call.to_number,
-            "Caller": call.from_number,
-            "Called": call.to_number,
-        }
-        headers = {"User-Agent": "TwilioProxy/1.1"}
-        token = self.settings.twilio_auth_token
-        if token:
-            # Twilio signs the URL it was configured with: the public one.
-            signed_url = (self.settings.public_base_url or server_url) + path
-            headers["X-Twilio-Signature"] = RequestValidator(token).compute_signature(signed_url, form)
-        async with http.post(server_url + path, data=form, headers=headers) as resp:
-            body = await resp.text()
-            if resp.status != 200:
-                raise WebhookRejected(resp.status, body.strip() or resp.reason or "")
-        return _stream_of(body)
-
-    async def pick_up(
-        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
-    ) -> tuple[str, dict[str, str]]:
-        return _stream_of(str(dial["Twiml"]))
-
-    def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
-        return [
-            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
-            {
-                "event": "start",
-                "sequenceNumber": "1",
-                "start": {
-                    "accountSid": call.account_id,
-                    "streamSid": call.stream_id,
-                    "callSid": call.provider_call_id,
-                    "tracks": ["inbound"],
-                    "customParameters": dict(parameters),
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-                "streamSid": call.stream_id,
-            },
-        ]
-
-    def media(self, call: SimCall, pcm16_8k: bytes, seq: int) -> dict[str, Any]:
-        from voicecli.call.audio import ulaw_encode  # numpy: only the emulator needs it
-
-        chunk = seq - 1  # sequence 1 is `start`
-        return {
-            "event": "media",
-            "sequenceNumber": str(seq),
-            "media": {
-                "track": "inbound",
-                "chunk": str(chunk),
-                "timestamp": str((chunk - 1) * self.frame_ms),
-                "payload": base64.b64encode(ulaw_encode(pcm16_8k)).decode(),
-            },
-            "streamSid": call.stream_id,
-        }
-
-    def dtmf(self, call: SimCall, digit: str, seq: int) -> dict[str, Any]:
-        return {
-            "event": "dtmf",
-            "sequenceNumber": str(seq),
-            "streamSid": call.stream_id,
-            "dtmf": {"track": "inbound_track", "digit": digit},
-        }
-
-    def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
-        return {
-            "event": "stop",
-            "sequenceNumber": str(seq),
-            "streamSid": call.stream_id,
-            "stop": {"accountSid": call.account_id, "callSid": call.provider_call_id},
-        }
-
-    def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        from voicecli.call.audio import ulaw_decode
-
-        event = str(message.get("event"))
-        if event == "media":
-            payload = message.get("media", {}).get("payload", "")
-            return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
-        return AgentAudio(b"", event, message)
-
-
 provider = TwilioProvider
-caller = TwilioCaller

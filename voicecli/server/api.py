@@ -82,6 +82,7 @@ async def status(request: web.Request) -> web.Response:
     (dials waiting for their stream included) against its limit."""
     state = request.app[STATE]
     from voicecli.providers import PROVIDERS
+    from voicecli.providers.base import capabilities
     from voicecli.store import SlotCount
 
     counts = await state.limiter.counts()
@@ -90,6 +91,7 @@ async def status(request: web.Request) -> web.Response:
             "active": counts.get(name, SlotCount()).held,
             "dialling": counts.get(name, SlotCount()).reserved,
             "limit": state.provider(name).max_concurrent,
+            "capabilities": capabilities(state.provider(name)),
         }
         for name in PROVIDERS
     }

@@ -29,7 +29,18 @@ from aiohttp import WSCloseCode, web
 from loguru import logger
 
 from voicecli.errors import ProviderError
-from voicecli.providers.base import DialRequest, InboundCall, StatusUpdate, StreamCall, StreamMessages, WebhookRejected
+from voicecli.providers.base import (
+    DialRequest,
+    HangsUp,
+    InboundCall,
+    SignsUpgrades,
+    StatusUpdate,
+    StreamCall,
+    StreamMessages,
+    StreamOnAnswered,
+    TokenInStreamUrl,
+    WebhookRejected,
+)
 from voicecli.server import urls
 from voicecli.server.limits import Slot, UnprovenCap
 from voicecli.server.tokens import TokenScope, make_token, verify_token
@@ -266,7 +277,8 @@ class CallOwner:
             raise CallRefused(404, "no such call")
         if record.status not in ("queued", "ringing"):
             raise CallRefused(409, f"call {call_id} is {record.status}: no stream document for it")
-        if inbound.provider_call_id and not record.provider_call_id:
+        # The call's own id replaces the dial's where they differ (Plivo's CallUUID, RequestUUID).
+        if inbound.provider_call_id and record.provider_call_id in (None, inbound.dial_id):
             record = await self.state.store.update(record.id, provider_call_id=inbound.provider_call_id) or record
         return self.stream_call(record)
 
@@ -279,7 +291,8 @@ class CallOwner:
             record = await store.find_by_provider_call_id(provider, update.provider_call_id)
         if record is None or record.provider != provider:
             raise CallRefused(404, f"no {provider} call {call_id or update.provider_call_id}")
-        if call_id and update.provider_call_id and record.provider_call_id not in (None, update.provider_call_id):
+        known = (None, update.provider_call_id, update.dial_id)
+        if call_id and update.provider_call_id and record.provider_call_id not in known:
             raise CallRefused(404, f"call {call_id} is not {provider} call {update.provider_call_id}")
         logger.bind(call_id=record.id).info(f"{provider} says the call is {update.status}: {update.reason}")
         live = self.live.get(record.id)
@@ -295,7 +308,12 @@ class CallOwner:
         elif update.status in ("queued", "ringing"):
             # The stream, not a callback, says when a call is in progress.
             await store.update(record.id, status=update.status)  # type: ignore[arg-type]
-        if update.answer_with_stream and record.direction == "outbound" and record.status in ("queued", "ringing"):
+        if (
+            isinstance(self.state.provider(provider), StreamOnAnswered)
+            and update.status == "in-progress"
+            and record.direction == "outbound"
+            and record.status in ("queued", "ringing")
+        ):
             return self.stream_call(record)
         return None
 
@@ -322,8 +340,9 @@ class CallOwner:
         state = self.state
         provider = state.provider(provider_name)
         deadline = time.monotonic() + self.timeouts.start_s
-        signed = provider.check_upgrade(request, state.public_url(request))  # raises 403 when forged
-        token = provider.upgrade_token(request)
+        # A signed upgrade (Twilio's) proves itself; a forged one is 403 here.
+        signed = isinstance(provider, SignsUpgrades) and provider.check_upgrade(request, state.public_url(request))
+        token = provider.upgrade_token(request) if isinstance(provider, TokenInStreamUrl) else None
         call_id: str | None = None
         slot: Slot | None = None
         client: str | None = None
@@ -415,7 +434,7 @@ class CallOwner:
             call_id = verify_token(self.state.secret, start.token, name, agent, time.time())
             if call_id is None:
                 return await refuse(WSCloseCode.POLICY_VIOLATION, "invalid or expired stream token")
-        elif call_id is None and (self.draining or not provider.stream_token_fallback(request, start)):
+        elif call_id is None and (self.draining or not start.accepted_without_token):
             return await refuse(WSCloseCode.POLICY_VIOLATION, "missing stream token")
         if slot is None:
             slot = await self.state.limiter.take(name, claim=call_id)
@@ -531,6 +550,8 @@ class CallOwner:
                 await asyncio.wait_for(call.provider.end_stream(call.ws, session.start), t.stop_message_s)
             except Exception as exc:  # a stuck or broken socket: the REST hang-up still goes
                 logger.bind(call_id=call.call_id).warning(f"stop message not sent: {type(exc).__name__}: {exc}")
+        if not isinstance(call.provider, HangsUp):
+            return f"ended by closing the stream ({call.provider.label} has no hang-up call for it)"
         limit = t.cut_s if forced else t.hang_up_s
         try:
             return await asyncio.wait_for(

@@ -152,10 +152,13 @@ def recorded_agent_api(state_dir: Path) -> str | None:
 async def announce_webhooks(settings: Settings, agent: str) -> list[str]:
     """`--update-webhook`: point numbers through the provider's API, or say what to paste where."""
     from voicecli.providers import PROVIDERS, load_provider
+    from voicecli.providers.base import PointsNumbers
 
     lines = []
     for name in PROVIDERS:
         provider = load_provider(name, settings)
-        done = await provider.point_number(webhook_url(settings.public_base_url, name, agent))
+        done = None
+        if isinstance(provider, PointsNumbers):
+            done = await provider.point_number(webhook_url(settings.public_base_url, name, agent))
         lines.append(done or provider.paste_instructions(settings.public_base_url, agent))
     return lines
