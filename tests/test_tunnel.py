@@ -197,7 +197,7 @@ async def test_update_webhook_points_the_twilio_number_at_the_tunnel(project: Pa
         assert twilio_voice_url(fake_twilio) == want
         [update] = fake_twilio.find("POST", "/IncomingPhoneNumbers/")
         assert update["path"].startswith(f"/2010-04-01/Accounts/{TWILIO_SID}/")
-        assert update["form"] == {"VoiceUrl": want, "VoiceMethod": "POST"}
+        assert update["fields"] == {"VoiceUrl": want, "VoiceMethod": "POST"}
         assert f"Twilio number {TWILIO_NUMBER}: voice URL changed from https://demo.twilio.com/welcome/voice/" in out
         # The others: the exact URL to paste, and where.
         assert f"exotel: paste {PUBLIC}/telephony/exotel/inbound/demo" in out

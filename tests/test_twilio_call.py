@@ -58,7 +58,7 @@ async def test_a_call_greets_answers_pricing_and_hangs_up_on_zero(start_server, 
     # ...and hung up through Twilio's REST API (the fake one), with Basic auth.
     hangups = fake_twilio.find("POST", f"/Accounts/{TWILIO_SID}/Calls/{result.call.provider_call_id}.json")
     assert len(hangups) == 1
-    assert hangups[0]["form"] == {"Status": "completed"}
+    assert hangups[0]["fields"] == {"Status": "completed"}
     assert hangups[0]["auth"].startswith("Basic ")
 
     record = result.record

@@ -44,6 +44,10 @@ class CallerSide(ABC):
     # The server side it talks to: its settings (credentials to sign with) are the caller's.
     provider: ClassVar[type[Provider]]
     frame_ms: ClassVar[int] = 20
+    # The field that names the stream in the messages the server sends.
+    stream_id_field: ClassVar[str] = "streamId"
+    # The message the server must send before it ends a stream, where the provider wants one.
+    stop_event: ClassVar[str | None] = None
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -66,6 +70,13 @@ class CallerSide(ABC):
         """Answer a call the server dialled, given what it sent the provider's REST API."""
 
     @abstractmethod
+    async def call_ended(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> int:
+        """Post the provider's final status callback for a call the server dialled, to the
+        URL the dial gave, as the provider does after the call; return the HTTP status."""
+
+    @abstractmethod
     def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
         """The messages the provider sends first (connected/start)."""
 
@@ -84,3 +95,18 @@ class CallerSide(ABC):
     @abstractmethod
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
         """Decode one message the server sent."""
+
+    def stream_id_of(self, message: Mapping[str, Any]) -> Any:
+        return message.get(self.stream_id_field)
+
+    def violations(self, message: Mapping[str, Any]) -> list[str]:
+        """What in one message the server sent breaks the provider's rules (none by default)."""
+        return []
+
+
+def on_server(url: str, server_url: str) -> str:
+    """`url` (as the provider was given it: public) sent to the server under test instead."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return server_url.rstrip("/") + urlunsplit(("", "", parts.path, parts.query, ""))

@@ -6,15 +6,17 @@ import base64
 import json
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
-from voicecli.emulator.base import AgentAudio, CallerSide, SimCall
+from voicecli.emulator.api import ProviderApi, basic_auth
+from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, on_server
 from voicecli.providers.base import WebhookRejected
 from voicecli.providers.exotel import SECRET_PARAM, ExotelProvider, ExotelSettings
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp import web
 
 
 class ExotelCaller(CallerSide):
@@ -23,6 +25,7 @@ class ExotelCaller(CallerSide):
     provider = ExotelProvider
     config: ExotelSettings
     frame_ms = 100
+    stream_id_field = "stream_sid"
 
     def new_call(self, from_number: str, to_number: str) -> SimCall:
         return SimCall(
@@ -53,6 +56,21 @@ class ExotelCaller(CallerSide):
     ) -> tuple[str, dict[str, str]]:
         url = str(dial["StreamUrl"])
         return url, dict(parse_qsl(urlsplit(url).query)[:3])
+
+    async def call_ended(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> int:
+        # The documented JSON body of a terminal StatusCallback (protocols.md B5).
+        body = {
+            "CallSid": call.provider_call_id,
+            "Status": "completed",
+            "EventType": "terminal",
+            "Direction": "outbound-api",
+            "CustomField": str(dial.get("CustomField", "")),
+            "Legs": [{"OnCallDuration": 7, "Status": "completed"}],
+        }
+        async with http.post(on_server(str(dial["StatusCallback"]), server_url), json=body) as resp:
+            return resp.status
 
     def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
@@ -106,11 +124,81 @@ class ExotelCaller(CallerSide):
             },
         }
 
+    def violations(self, message: Mapping[str, Any]) -> list[str]:
+        # protocols.md B2: outbound media in multiples of 320 bytes, 3,200 bytes to 100 KB.
+        if message.get("event") != "media":
+            return []
+        size = len(base64.b64decode(message.get("media", {}).get("payload", "")))
+        if size % 320 or not 3200 <= size <= 100_000:
+            return [f"a media chunk of {size} bytes: Exotel takes multiples of 320 from 3,200 to 100,000"]
+        return []
+
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
         event = str(message.get("event"))
         if event == "media":
             return AgentAudio(base64.b64decode(message.get("media", {}).get("payload", "")), "media", message)
         return AgentAudio(b"", event, message)
+
+
+class ExotelApi(ProviderApi):
+    """Exotel's v1 API as voicecli uses it: Calls/connect.json and the account read."""
+
+    provider = ExotelProvider
+    credentials: ClassVar[Mapping[str, str]] = {
+        "account_sid": "voicecli1",
+        "api_key": "exotel-test-api-key",
+        "api_token": "exotel-test-api-token-9012",
+    }
+    phone_number = "+918047100000"
+    dial_refusal = "Authentication is required"
+
+    def routes(self) -> list[web.RouteDef]:
+        from aiohttp import web
+
+        return [
+            web.post("/v1/Accounts/{sid}/Calls/connect.json", self.connect),
+            web.get("/v1/Accounts/{sid}", self.read_account),
+        ]
+
+    def refusal(self, status: int, message: str) -> web.Response:
+        from aiohttp import web
+
+        return web.json_response({"RestException": {"Status": status, "Message": message}}, status=status)
+
+    def _authorized(self, request: web.Request) -> bool:
+        c = self.credentials
+        expected = basic_auth(c["api_key"], c["api_token"])
+        return request.headers.get("Authorization") == expected and request.match_info["sid"] == c["account_sid"]
+
+    async def connect(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        entry = await self.keep(request, "dial")
+        if not self._authorized(request):
+            return self.refusal(401, "Authentication is required")
+        fields = entry["fields"]
+        if request.content_type != "application/x-www-form-urlencoded" or not isinstance(fields, dict):
+            return self.refusal(400, "the body must be a form")
+        if not fields.get("From") or not fields.get("CallerId") or not (fields.get("StreamUrl") or fields.get("Url")):
+            return self.refusal(400, "From, CallerId and StreamUrl (or Url) are required")
+        if fields["CallerId"] != self.phone_number:  # Exotel dials `From` (the customer) from an ExoPhone
+            return self.refusal(400, f"CallerId {fields['CallerId']} is not an ExoPhone of this account")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, self.dial_refusal)
+        sid = secrets.token_hex(16)
+        self.dialled(entry, sid)
+        return web.json_response({"Call": {"Sid": sid, "Status": "in-progress", "From": fields["From"]}})
+
+    async def read_account(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        await self.keep(request, "account")
+        if not self._authorized(request):
+            return self.refusal(401, "Authentication is required")
+        return web.json_response({"Account": {"Sid": self.credentials["account_sid"], "Status": "active"}})
+
+
+api = ExotelApi
 
 
 caller = ExotelCaller

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-from voicecli.emulator.base import AgentAudio, CallerSide, SimCall
+from voicecli.emulator.api import ProviderApi
+from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, on_server
 from voicecli.providers.base import WebhookRejected
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp import web
 
     from voicecli.providers.plivo_family import PlivoFamilySettings
 
@@ -27,6 +29,7 @@ class PlivoFamilyCaller(CallerSide):
     config: PlivoFamilySettings
 
     frame_ms = 20
+    stop_event = "stop"  # the server's stop ends the stream; the provider then runs the next XML
     account_id: ClassVar[str] = "1234"  # start.accountId: the provider's internal number, not the auth id
 
     @abstractmethod
@@ -67,6 +70,7 @@ class PlivoFamilyCaller(CallerSide):
             "Direction": "outbound",
             "CallStatus": "in-progress",
             "Event": "StartApp",
+            **self.dial_fields(call),
         }
         answer_url = str(dial["answer_url"])
         return await self._fetch_stream(http, server_url + urlsplit(answer_url).path, form, answer_url)
@@ -85,6 +89,30 @@ class PlivoFamilyCaller(CallerSide):
         if stream is None or not (stream.text or "").strip():
             raise WebhookRejected(502, f"the {self.provider.label} XML has no <Stream> URL")
         return (stream.text or "").strip(), {}
+
+    async def call_ended(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> int:
+        hangup_url = str(dial["hangup_url"])
+        form = {
+            "CallUUID": call.provider_call_id,
+            "From": str(dial["from"]),
+            "To": str(dial["to"]),
+            "Direction": "outbound",
+            "CallStatus": "completed",
+            "Event": "Hangup",
+            "HangupCause": "NORMAL_CLEARING",
+            "Duration": "7",
+            **self.dial_fields(call),
+        }
+        token = self.config.auth_token
+        headers = self.sign(token, hangup_url, form) if token else {}
+        async with http.post(on_server(hangup_url, server_url), data=form, headers=headers) as resp:
+            return resp.status
+
+    def dial_fields(self, call: SimCall) -> dict[str, str]:
+        """Fields a dialled call's callbacks add (Plivo's RequestUUID); none by default."""
+        return {}
 
     def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
@@ -129,6 +157,13 @@ class PlivoFamilyCaller(CallerSide):
     def hang_up(self, call: SimCall, seq: int) -> dict[str, Any] | None:
         return None  # no inbound stop (C4): the socket just closes
 
+    def violations(self, message: Mapping[str, Any]) -> list[str]:
+        # protocols.md C4: playAudio's format must match the stream's (mu-law 8 kHz here).
+        media = message.get("media", {}) if message.get("event") == "playAudio" else None
+        if media is not None and (media.get("contentType"), media.get("sampleRate")) != ("audio/x-mulaw", 8000):
+            return [f"playAudio as {media.get('contentType')} at {media.get('sampleRate')}: the stream is mu-law 8 kHz"]
+        return []
+
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
         from voicecli.call.audio import ulaw_decode
 
@@ -137,3 +172,74 @@ class PlivoFamilyCaller(CallerSide):
             payload = message.get("media", {}).get("payload", "")
             return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
         return AgentAudio(b"", event, message)
+
+
+class PlivoFamilyApi(ProviderApi):
+    """A Plivo-compatible REST API (JSON bodies): Call create and delete, the account read."""
+
+    dial_refusal = "insufficient balance"
+
+    @abstractmethod
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries this API's credentials, the way it wants them."""
+
+    def routes(self) -> list[web.RouteDef]:
+        from aiohttp import web
+
+        account = self.path + "/Account/{auth_id}"
+        return [
+            web.post(account + "/Call/", self.create_call),
+            web.delete(account + "/Call/{uuid}/", self.delete_call),
+            web.get(account + "/", self.read_account),
+        ]
+
+    def refusal(self, status: int, message: str) -> web.Response:
+        from aiohttp import web
+
+        return web.json_response({"api_id": str(uuid.uuid4()), "error": message}, status=status)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self.authorized(request) and request.match_info["auth_id"] == self.credentials["auth_id"]
+
+    def request_uuid(self) -> str:
+        """The id a dial is answered with."""
+        return str(uuid.uuid4())
+
+    async def create_call(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        entry = await self.keep(request, "dial")
+        if not self._authorized(request):
+            return self.refusal(401, "authentication failed")
+        fields = entry["fields"]
+        if request.content_type != "application/json" or not isinstance(fields, dict):
+            return self.refusal(400, "the body must be JSON")
+        missing = [name for name in ("from", "to", "answer_url") if not fields.get(name)]
+        if missing:
+            return self.refusal(400, f"{', '.join(missing)} required")
+        if str(fields["from"]).lstrip("+") != self.phone_number.lstrip("+"):
+            return self.refusal(400, f"from {fields['from']} is not a number of this account")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, self.dial_refusal)
+        request_uuid = self.request_uuid()
+        self.dialled(entry, request_uuid)
+        body = {"api_id": str(uuid.uuid4()), "message": "call fired", "request_uuid": request_uuid}
+        return web.json_response(body, status=201)
+
+    async def delete_call(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        await self.keep(request, "hangup")
+        if not self._authorized(request):
+            return self.refusal(401, "authentication failed")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, "call not found")
+        return web.Response(status=204)
+
+    async def read_account(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        await self.keep(request, "account")
+        if not self._authorized(request):
+            return self.refusal(401, "authentication failed")
+        return web.json_response({"auth_id": self.credentials["auth_id"], "account_type": "standard"})

@@ -56,6 +56,8 @@ class SimResult:
     sent_messages: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)  # every message the server sent
     record: dict[str, Any] | None = None
+    # A dialled call: the HTTP status the server gave the provider's final status callback.
+    status_callback: int | None = None
 
     @property
     def heard_seconds(self) -> float:
@@ -225,7 +227,11 @@ async def answer_dialled_call(
     async def pick_up(http: aiohttp.ClientSession) -> tuple[str, dict[str, str]]:
         return await caller.pick_up(http, server_url.rstrip("/"), dial, call)
 
-    return await _run(caller, call, pick_up, server_url, provider, steps, reply_timeout, linger_s, api_token)
+    async def hang_up(http: aiohttp.ClientSession, result: SimResult) -> None:
+        # After the stream, the provider reports the call's end to the dial's status URL.
+        result.status_callback = await caller.call_ended(http, server_url.rstrip("/"), dial, call)
+
+    return await _run(caller, call, pick_up, server_url, provider, steps, reply_timeout, linger_s, api_token, hang_up)
 
 
 async def _run(
@@ -238,6 +244,7 @@ async def _run(
     reply_timeout: float,
     linger_s: float,
     api_token: str | None,
+    after: Callable[[aiohttp.ClientSession, SimResult], Awaitable[None]] | None = None,
 ) -> SimResult:
     result = SimResult(call)
     server_url = server_url.rstrip("/")
@@ -245,6 +252,8 @@ async def _run(
         try:
             stream_url, parameters = await connect(http)
             await _talk(http, caller, call, result, stream_url, parameters, server_url, steps, reply_timeout, linger_s)
+            if after is not None:
+                await after(http, result)
             if api_token:
                 result.record = await fetch_record(http, server_url, api_token, provider, call.provider_call_id)
             return result

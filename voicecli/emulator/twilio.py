@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from xml.etree import ElementTree
 
-from voicecli.emulator.base import AgentAudio, CallerSide, SimCall
+from voicecli.emulator.api import ProviderApi, basic_auth
+from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, on_server
 from voicecli.providers.base import WebhookRejected
 from voicecli.providers.twilio import TwilioProvider, TwilioSettings
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp import web
 
 
 def _stream_of(twiml: str) -> tuple[str, dict[str, str]]:
@@ -30,6 +32,7 @@ class TwilioCaller(CallerSide):
     provider = TwilioProvider
     config: TwilioSettings
     frame_ms = 20
+    stream_id_field = "streamSid"
 
     def new_call(self, from_number: str, to_number: str) -> SimCall:
         return SimCall(
@@ -73,6 +76,27 @@ class TwilioCaller(CallerSide):
         self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
     ) -> tuple[str, dict[str, str]]:
         return _stream_of(str(dial["Twiml"]))
+
+    async def call_ended(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
+    ) -> int:
+        from twilio.request_validator import RequestValidator
+
+        status_url = str(dial["StatusCallback"])
+        form = {
+            "AccountSid": call.account_id,
+            "CallSid": call.provider_call_id,
+            "CallStatus": "completed",
+            "CallDuration": "7",
+            "Direction": "outbound-api",
+            "From": str(dial.get("From", "")),
+            "To": str(dial.get("To", "")),
+        }
+        headers = {"User-Agent": "TwilioProxy/1.1"}
+        if self.config.auth_token:
+            headers["X-Twilio-Signature"] = RequestValidator(self.config.auth_token).compute_signature(status_url, form)
+        async with http.post(on_server(status_url, server_url), data=form, headers=headers) as resp:
+            return resp.status
 
     def opening(self, call: SimCall, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
         return [
@@ -135,3 +159,120 @@ class TwilioCaller(CallerSide):
 
 
 caller = TwilioCaller
+
+
+class TwilioApi(ProviderApi):
+    """Twilio's REST API (2010-04-01) as voicecli uses it: calls, the account, the number."""
+
+    provider = TwilioProvider
+    credentials: ClassVar[Mapping[str, str]] = {
+        "account_sid": "AC" + "0123456789abcdef" * 2,
+        "auth_token": "twilio-test-auth-token-1234",
+    }
+    phone_number = "+15559870000"
+    number_sid = "PN" + "0123456789abcdef" * 2
+    first_voice_url = "https://demo.twilio.com/welcome/voice/"  # where the number points at first
+    dial_refusal = "The 'To' number is not a valid phone number."
+
+    def routes(self) -> list[web.RouteDef]:
+        from aiohttp import web
+
+        account = "/2010-04-01/Accounts/{account}"
+        return [
+            web.post(account + "/Calls.json", self.create_call),
+            web.post(account + "/Calls/{sid}.json", self.update_call),
+            web.get(account + ".json", self.read_account),
+            web.get(account + "/IncomingPhoneNumbers.json", self.list_numbers),
+            web.post(account + "/IncomingPhoneNumbers/{sid}.json", self.update_number),
+        ]
+
+    def refusal(self, status: int, message: str) -> web.Response:
+        from aiohttp import web
+
+        code = {400: 21211, 401: 20003, 404: 20404}.get(status, 20500)
+        return web.json_response({"code": code, "message": message, "status": status}, status=status)
+
+    def _authorized(self, request: web.Request) -> bool:
+        sid, token = self.credentials["account_sid"], self.credentials["auth_token"]
+        return request.headers.get("Authorization") == basic_auth(sid, token) and request.match_info["account"] == sid
+
+    async def create_call(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        entry = await self.keep(request, "dial")
+        if not self._authorized(request):
+            return self.refusal(401, "Authenticate")
+        fields = entry["fields"]
+        if not fields.get("To") or not fields.get("From") or not (fields.get("Twiml") or fields.get("Url")):
+            return self.refusal(400, "A 'To', a 'From' and a 'Url' or 'Twiml' are required.")
+        if fields["From"] != self.phone_number:  # a caller ID the account owns
+            return self.refusal(400, f"The 'From' number {fields['From']} is not a number of this account.")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, self.dial_refusal)
+        sid = "CA" + secrets.token_hex(16)
+        self.dialled(entry, sid)
+        return web.json_response(
+            {"sid": sid, "status": "queued", "to": fields["To"], "from": fields["From"]}, status=201
+        )
+
+    async def update_call(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        entry = await self.keep(request, "hangup")
+        if not self._authorized(request):
+            return self.refusal(401, "Authenticate")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, "The requested resource was not found")
+        sid = request.match_info["sid"]
+        return web.json_response({"sid": sid, "status": entry["fields"].get("Status", "")})
+
+    async def read_account(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        await self.keep(request, "account")
+        if not self._authorized(request):
+            return self.refusal(401, "Authenticate")
+        sid = self.credentials["account_sid"]
+        return web.json_response({"sid": sid, "status": "active", "friendly_name": "test account"})
+
+    def voice_url(self) -> str:
+        """Where the number sends its calls: the last URL posted to it."""
+        posted = [r["fields"]["VoiceUrl"] for r in self.of_kind("number") if "VoiceUrl" in (r["fields"] or {})]
+        return posted[-1] if posted else self.first_voice_url
+
+    def _number(self) -> dict[str, Any]:
+        return {
+            "sid": self.number_sid,
+            "account_sid": self.credentials["account_sid"],
+            "phone_number": self.phone_number,
+            "voice_url": self.voice_url(),
+            "voice_method": "POST",
+        }
+
+    async def list_numbers(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        await self.keep(request, "numbers")
+        if not self._authorized(request):
+            return self.refusal(401, "Authenticate")
+        wanted = request.query.get("PhoneNumber")
+        numbers = [self._number()] if wanted in (None, self.phone_number) else []
+        page = {"first_page_uri": request.path, "next_page_uri": None, "previous_page_uri": None, "uri": request.path}
+        return web.json_response(
+            {"incoming_phone_numbers": numbers, "page": 0, "page_size": 50, "start": 0, "end": len(numbers) - 1, **page}
+        )
+
+    async def update_number(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        if not self._authorized(request):
+            await self.keep(request, "refused")
+            return self.refusal(401, "Authenticate")
+        if request.match_info["sid"] != self.number_sid:
+            await self.keep(request, "refused")
+            return web.json_response({}, status=404)
+        await self.keep(request, "number")
+        return web.json_response(self._number())
+
+
+api = TwilioApi

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
 
-from voicecli.emulator.plivo_family import PlivoFamilyCaller
+from voicecli.emulator.plivo_family import PlivoFamilyApi, PlivoFamilyCaller
 from voicecli.providers.plivo_family import base_url, hmac_b64
 from voicecli.providers.vobiz import V2, V3, VobizProvider
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class VobizCaller(PlivoFamilyCaller):
@@ -25,4 +29,19 @@ class VobizCaller(PlivoFamilyCaller):
         }
 
 
+class VobizApi(PlivoFamilyApi):
+    """Vobiz's API: X-Auth-ID and X-Auth-Token headers, not Basic auth (protocols.md C1)."""
+
+    provider = VobizProvider
+    credentials: ClassVar[Mapping[str, str]] = {"auth_id": "MA_TESTAUTH1", "auth_token": "vobiz-test-auth-token-5678"}
+    phone_number = "+918071500000"
+    path = "/api/v1"
+
+    def authorized(self, request: web.Request) -> bool:
+        c = self.credentials
+        headers = (request.headers.get("X-Auth-ID"), request.headers.get("X-Auth-Token"))
+        return headers == (c["auth_id"], c["auth_token"]) and "Authorization" not in request.headers
+
+
 caller = VobizCaller
+api = VobizApi

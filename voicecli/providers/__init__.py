@@ -11,6 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from voicecli.emulator.api import ProviderApi
     from voicecli.emulator.base import CallerSide
     from voicecli.providers.base import Provider
     from voicecli.settings import Settings
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 class Entry(NamedTuple):
     server: str  # the module that defines `provider`, its Provider class
-    emulator: str  # the module that defines `caller`, its CallerSide class
+    emulator: str  # the module that defines `caller` (its CallerSide) and `api` (its ProviderApi)
 
 
 PROVIDERS: dict[str, Entry] = {
@@ -42,6 +43,11 @@ def load_provider(name: str, settings: Settings) -> Provider:
 def load_caller(name: str, settings: Settings) -> CallerSide:
     """The provider's own side of a call, for the emulator."""
     return import_module(PROVIDERS[name].emulator).caller(settings)
+
+
+def load_api(name: str) -> ProviderApi:
+    """The provider's REST API as the emulator serves it (not started)."""
+    return import_module(PROVIDERS[name].emulator).api()
 
 
 def setting_rows() -> tuple[Setting, ...]:
