@@ -11,17 +11,21 @@ import pytest
 from tests.conftest import REPO
 from tests.processes import CLEAN_ENV, run_voicecli
 from voicecli import __version__
+from voicecli.providers import PROVIDERS
 from voicecli.runtime import ServerInfo, record_server
 
 # The child runs the voicecli these tests import (this checkout), whatever is installed.
 CHECKOUT_ENV = {**CLEAN_ENV, "PYTHONPATH": str(REPO)}
 
 
-async def test_simulate_calls_the_agent_and_writes_what_the_caller_heard(project, start_server) -> None:
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_simulate_calls_the_agent_and_writes_what_the_caller_heard(project, start_server, provider) -> None:
     server = await start_server()
     code, out, err = await run_voicecli(
         project,
         "simulate",
+        "--provider",
+        provider,
         "--say",
         "What is your pricing?",
         "--dtmf",
@@ -39,6 +43,7 @@ async def test_simulate_calls_the_agent_and_writes_what_the_caller_heard(project
         assert wav.getnframes() > 8000 * 5  # greeting, answer and goodbye
     [record] = await server.state.store.list()
     assert record.status == "completed" and record.id in out  # printed whole, though COLUMNS=60
+    assert record.provider == provider
 
 
 async def test_calls_off_a_terminal_prints_ids_and_numbers_whole(project, start_server) -> None:

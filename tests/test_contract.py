@@ -145,3 +145,15 @@ async def test_junk_messages_are_survived(start_server, setup: Setup) -> None:
     assert "You pressed one. Our plans start at twenty dollars a month." in [
         t.text for t in await server.state.store.transcript(record.id)
     ]
+
+
+async def test_status_lists_every_provider_with_its_limit_and_capabilities(start_server) -> None:
+    server = await start_server()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/api/status", headers=server.headers) as resp:
+            providers = (await resp.json())["providers"]
+    assert list(providers) == list(PROVIDERS)
+    for name, entry in providers.items():
+        assert (entry["active"], entry["limit"]) == (0, 10)
+        hangs_up = issubclass(provider_class(name), HangsUp)
+        assert ("hang-up" in entry["capabilities"]) == hangs_up

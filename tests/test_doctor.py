@@ -21,14 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from typer.testing import CliRunner
 
-from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, VOBIZ_ID, VOBIZ_TOKEN, twilio_voice_url
+from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, twilio_voice_url
 from tests.processes import run_voicecli
 from voicecli.cli import app
-from voicecli.providers import load_provider
+from voicecli.providers import PROVIDERS, load_api, load_provider, provider_class
 from voicecli.runtime import ServerInfo, forget_server, record_server
-from voicecli.settings import load_settings
+from voicecli.settings import load_settings, setting
 
-EXOTEL_SID, EXOTEL_KEY, EXOTEL_TOKEN = "exotel-sid-1", "exotel-key-1", "exotel-token-123"
 KEYS = {"DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "CARTESIA_API_KEY": "ca-test"}
 runner = CliRunner()
 
@@ -55,31 +54,6 @@ async def fake_ngrok() -> AsyncIterator[FakeNgrok]:
     await server.start_server()
     fake.url = str(server.make_url("")).rstrip("/")
     yield fake
-    await server.close()
-
-
-@pytest.fixture
-async def fake_accounts() -> AsyncIterator[str]:
-    """Exotel's and Vobiz's account reads: 200 for the right credentials, 401 otherwise."""
-
-    async def exotel(request: web.Request) -> web.Response:
-        good = "Basic " + base64.b64encode(f"{EXOTEL_KEY}:{EXOTEL_TOKEN}".encode()).decode()
-        if request.headers.get("Authorization") != good or request.match_info["sid"] != EXOTEL_SID:
-            return web.json_response({"RestException": {"Status": 401, "Message": "Authentication failed"}}, status=401)
-        return web.json_response({"Account": {"Sid": EXOTEL_SID}})
-
-    async def vobiz(request: web.Request) -> web.Response:
-        headers = (request.headers.get("X-Auth-ID"), request.headers.get("X-Auth-Token"))
-        if headers != (VOBIZ_ID, VOBIZ_TOKEN) or request.match_info["auth_id"] != VOBIZ_ID:
-            return web.json_response({"error": "invalid credentials"}, status=401)
-        return web.json_response({"auth_id": VOBIZ_ID, "name": "test"})
-
-    api = web.Application()
-    api.router.add_get("/v1/Accounts/{sid}", exotel)
-    api.router.add_get("/api/v1/Account/{auth_id}/", vobiz)
-    server = TestServer(api, host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
     await server.close()
 
 
@@ -294,29 +268,20 @@ async def test_an_agent_without_its_keys(healthy: Setup) -> None:
     assert rows["agent demo"][0] == "ok"
 
 
-@pytest.mark.parametrize("provider", ["exotel", "vobiz"])
-async def test_other_providers_credentials_are_checked_when_configured(
-    healthy: Setup, fake_accounts: str, provider: str
-) -> None:
-    good = {
-        "exotel": {
-            "EXOTEL_ACCOUNT_SID": EXOTEL_SID,
-            "EXOTEL_API_KEY": EXOTEL_KEY,
-            "EXOTEL_API_TOKEN": EXOTEL_TOKEN,
-            "EXOTEL_API_BASE": fake_accounts,
-        },
-        "vobiz": {
-            "VOBIZ_AUTH_ID": VOBIZ_ID,
-            "VOBIZ_AUTH_TOKEN": VOBIZ_TOKEN,
-            "VOBIZ_API_BASE": f"{fake_accounts}/api/v1",
-        },
-    }[provider]
-    healthy.write_env(**good)
-    code, rows, _ = await healthy.doctor()
-    assert code == 0 and rows[f"{provider} credentials"] == ("ok", f"accepted by {provider}'s API", "")
-    secret = "EXOTEL_API_TOKEN" if provider == "exotel" else "VOBIZ_AUTH_TOKEN"
-    healthy.write_env(**{secret: "wrong-secret-value"})
-    code, rows, out = await healthy.doctor()
+# Every provider but the default one, which the healthy setup's own checks cover.
+OTHER_PROVIDERS = [name for name in PROVIDERS if name != setting("provider").default]
+
+
+@pytest.mark.parametrize("provider", OTHER_PROVIDERS)
+async def test_other_providers_credentials_are_checked_when_configured(healthy: Setup, provider: str) -> None:
+    async with load_api(provider) as api:
+        healthy.write_env(**{k: v for k, v in api.env().items() if not k.endswith("_PHONE_NUMBER")})
+        code, rows, _ = await healthy.doctor()
+        assert code == 0 and rows[f"{provider} credentials"] == ("ok", f"accepted by {provider}'s API", "")
+        assert api.of_kind("account")  # the check asked the provider's API
+        secret = next(s.env_name for s in provider_class(provider).config_type.rows(provider, "") if s.secret)
+        healthy.write_env(**{secret: "wrong-secret-value"})
+        code, rows, out = await healthy.doctor()
     assert code == 1
     status, problem, fix = rows[f"{provider} credentials"]
     assert status == "fail" and "answered HTTP 401" in problem and secret in fix

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from voicecli.cli import app
 from voicecli.errors import SettingsError
+from voicecli.providers import PROVIDERS, load_provider
 from voicecli.settings import hide_password, load_settings, setting
 from voicecli.store import SQLiteCallStore
 
@@ -302,3 +303,17 @@ async def test_the_settings_api_writes_the_store_and_refuses_file_only_settings(
         http.get(url.replace(server.url, again.url)) as resp,
     ):
         assert (await resp.json())["provider"] == "exotel"
+
+
+@pytest.mark.parametrize("name", list(PROVIDERS))
+def test_each_provider_reads_its_own_settings_from_its_own_variables(project: Path, name: str) -> None:
+    # Every provider's limit set to a different number: each must read only its own.
+    env = {f"{other.upper()}_MAX_CONCURRENT": str(3 + i) for i, other in enumerate(PROVIDERS)}
+    settings = load_settings(project, environ={**env, f"{name.upper()}_PHONE_NUMBER": "+15550001234"})
+    provider = load_provider(name, settings)
+    assert provider.max_concurrent == int(env[f"{name.upper()}_MAX_CONCURRENT"])
+    assert provider.config.phone_number == "+15550001234" and provider.caller_id(None) == "+15550001234"
+    assert settings.sources[f"{name}_max_concurrent"] == "environment"
+    # Its credentials are its own rows, named after it, and doctor asks for them by variable.
+    assert provider.credential_settings and all(s.startswith(f"{name}_") for s in provider.credential_settings)
+    assert provider.missing_credentials() == [s.upper() for s in provider.credential_settings]
