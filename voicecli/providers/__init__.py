@@ -27,6 +27,7 @@ PROVIDERS: dict[str, Entry] = {
     "twilio": Entry("voicecli.providers.twilio", "voicecli.emulator.twilio"),
     "exotel": Entry("voicecli.providers.exotel", "voicecli.emulator.exotel"),
     "vobiz": Entry("voicecli.providers.vobiz", "voicecli.emulator.vobiz"),
+    "plivo": Entry("voicecli.providers.plivo", "voicecli.emulator.plivo"),
 }
 
 
