@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,10 @@ def test_script_rules_match_words_not_substrings(project: Path) -> None:
     assert match_rule(rules, "What is your pricing?").reply.startswith("Our plans")
     assert match_rule(rules, "when are you open").reply.startswith("We are open")
     assert match_rule(rules, "opened helpful") is None  # no keyword as a whole word
+
+
+def test_services_do_not_import_agents() -> None:
+    # agents use services, never the other way: each service owns its options' schema.
+    code = "import sys, voicecli.services.factories; print('voicecli.agents' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

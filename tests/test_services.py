@@ -26,7 +26,7 @@ base_url = "http://127.0.0.1:9/v1"
 async def test_openai_services_share_one_http_client_per_loop(tmp_path: Path) -> None:
     (tmp_path / "local.toml").write_text(AGENT)
     [agent] = load_agents(tmp_path).values()
-    built = {kind: create_service(kind, agent, {}) for kind in ("stt", "llm", "tts")}
+    built = {kind: create_service(kind, getattr(agent, kind), {}, agent.phrases()) for kind in ("stt", "llm", "tts")}
     shared = shared_http_client()
     # Building a client per service costs an SSL context each, on the event loop (bench/README.md).
     assert all(service._client._client is shared for service in built.values())

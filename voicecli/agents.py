@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from voicecli.errors import AgentError, MissingKeysError
-from voicecli.services import SERVICES, Kind
+from voicecli.services import SERVICES, Kind, ServiceConfig
+from voicecli.services.options import OptionError
+from voicecli.services.script_rules import ScriptRule
 
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-DTMF_KEYS = frozenset("0123456789*#")
 TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn"})
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
 
@@ -26,24 +27,6 @@ TURN_KEYS: dict[str, str] = {"smart-turn": "max_wait_s", "silence": "silence_s"}
 # (pipecat's VAD_STOP_SECS): no turn can end sooner than that.
 MIN_TURN_WAIT_S = 0.2
 MAX_TURN_WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """One `[stt]`, `[llm]` or `[tts]` table: the provider name and its own options."""
-
-    provider: str
-    options: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class ScriptRule:
-    """A `[[llm.rules]]` entry of the offline `script` LLM."""
-
-    reply: str
-    keywords: tuple[str, ...] = ()
-    dtmf: str | None = None
-    end_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,8 +60,12 @@ class Agent:
     idle_timeout_s: float = 60.0
     # Said when the server must end a call that is still going (shutdown, time limit).
     goodbye: str = "Sorry, I have to end the call now. Goodbye!"
-    rules: tuple[ScriptRule, ...] = field(default=())
     turn: TurnConfig = field(default_factory=TurnConfig)
+
+    @property
+    def rules(self) -> tuple[ScriptRule, ...]:
+        """The script LLM's rules (none for other LLMs)."""
+        return self.llm.options.get("rules", ()) if self.llm.provider == "script" else ()
 
     def missing_keys(self, env: Mapping[str, str]) -> list[str]:
         """Environment variables this agent's services need that are not set."""
@@ -181,9 +168,10 @@ class _Checker:
         provider = table.get("provider")
         if provider not in SERVICES[kind]:
             raise self.fail(f"{kind}.provider", f"{provider!r} is not one of {choices}")
-        spec = SERVICES[kind][provider]
-        options = {k: v for k, v in table.items() if k != "provider"}
-        self.unknown(options, spec.options, f"{kind}.")
+        try:
+            options = SERVICES[kind][provider].parse({k: v for k, v in table.items() if k != "provider"})
+        except OptionError as exc:
+            raise self.fail(f"{kind}.{exc.where}", exc.problem) from None
         return ServiceConfig(provider, options)
 
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
@@ -213,35 +201,6 @@ class _Checker:
             )
         return TurnConfig(strategy=strategy, **{own: float(value)})
 
-    def rules(self, llm: Mapping[str, Any]) -> tuple[ScriptRule, ...]:
-        raw = llm.get("rules", [])
-        if not isinstance(raw, list) or not raw:
-            raise self.fail("llm.rules", "the script LLM needs at least one [[llm.rules]] entry")
-        rules = []
-        for index, entry in enumerate(raw):
-            where = f"llm.rules[{index}]."
-            if not isinstance(entry, dict):
-                raise self.fail(f"llm.rules[{index}]", "must be a table")
-            self.unknown(entry, frozenset({"keywords", "dtmf", "reply", "end_call"}), where)
-            reply = self.text(entry, "reply", where)
-            keywords, dtmf = entry.get("keywords"), entry.get("dtmf")
-            if (keywords is None) == (dtmf is None):
-                raise self.fail(where.rstrip("."), "needs exactly one of keywords or dtmf")
-            if keywords is not None and (
-                not isinstance(keywords, list)
-                or not keywords
-                or not all(isinstance(k, str) and k.strip() for k in keywords)
-            ):
-                raise self.fail(f"{where}keywords", "must be a non-empty list of words")
-            if dtmf is not None and (not isinstance(dtmf, str) or dtmf not in DTMF_KEYS):
-                raise self.fail(f"{where}dtmf", "must be one key: 0-9, * or #")
-            end_call = entry.get("end_call", False)
-            if not isinstance(end_call, bool):
-                raise self.fail(f"{where}end_call", "must be true or false")
-            words = tuple(k.strip().lower() for k in keywords or ())
-            rules.append(ScriptRule(reply or "", words, dtmf, end_call))
-        return tuple(rules)
-
 
 def _validate(path: Path, data: dict[str, Any]) -> Agent:
     check = _Checker(path)
@@ -257,11 +216,7 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
     if not isinstance(call, dict):
         raise check.fail("[call]", "must be a table")
     check.unknown(call, CALL_KEYS, "call.")
-    rules: tuple[ScriptRule, ...] = ()
-    if llm.provider == "script":
-        rules = check.rules(data["llm"])
-        check.text(llm.options, "fallback", "llm.")
-    elif not system_prompt:
+    if llm.provider != "script" and not system_prompt:
         raise check.fail("system_prompt", f"the {llm.provider} LLM needs a system prompt")
     extra = {"goodbye": goodbye} if goodbye else {}
     return Agent(
@@ -274,7 +229,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         tts=tts,
         max_duration_s=check.number(call, "max_duration_s", "call.", 1800.0),
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
-        rules=rules,
         turn=check.turn(data),
         **extra,
     )

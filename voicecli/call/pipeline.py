@@ -93,9 +93,10 @@ def build_task(
         audio_out_sample_rate=AUDIO_OUT_RATE,
     )
     transport = WebsocketTransport(line, params)
-    stt = create_service("stt", agent, env)
-    llm = create_service("llm", agent, env)
-    tts = create_service("tts", agent, env)
+    phrases = agent.phrases()
+    stt = create_service("stt", agent.stt, env, phrases)
+    llm = create_service("llm", agent.llm, env)
+    tts = create_service("tts", agent.tts, env)
 
     messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     context = LLMContext(messages)

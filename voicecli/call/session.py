@@ -39,7 +39,7 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
     for agent in agents:
         for kind in ("stt", "llm", "tts"):
             try:
-                create_service(kind, agent, env)
+                create_service(kind, getattr(agent, kind), env, agent.phrases())
             except Exception as exc:  # a service's own check of its options: the user's to fix
                 service = getattr(agent, kind).provider
                 raise AgentError(f"{agent.path}: the {kind} service {service!r} did not start: {exc}") from exc

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from voicecli.agents import Agent
 
 # Words PocketSphinx may hear besides the script's keywords, so that ordinary speech is
 # not forced onto a keyword (see ../shared/pipecat-notes.md, "Offline speech").
@@ -21,20 +19,19 @@ FILLER_PHRASES = (
 )
 
 
-def pocketsphinx_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def pocketsphinx_stt(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from voicecli.services.pocketsphinx_stt import PocketSphinxSTTService
 
-    phrases = [*agent.phrases(), *FILLER_PHRASES]
-    return PocketSphinxSTTService(phrases=phrases, language=options.get("language", "en-US"))
+    return PocketSphinxSTTService(phrases=[*phrases, *FILLER_PHRASES], language=options.get("language", "en-US"))
 
 
-def script_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def script_llm(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from voicecli.services.script_llm import ScriptLLMService
 
-    return ScriptLLMService(agent.rules, options["fallback"])
+    return ScriptLLMService(options["rules"], options["fallback"])
 
 
-def espeak_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def espeak_tts(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from voicecli.services.espeak_tts import EspeakTTSService
 
     return EspeakTTSService(voice=options.get("voice", "en-us"), rate_wpm=options.get("rate_wpm"))
@@ -45,14 +42,14 @@ def _openai_key(options: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return env.get("OPENAI_API_KEY") or ("not-needed" if options.get("base_url") else "")
 
 
-def deepgram_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def deepgram_stt(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from pipecat.services.deepgram.stt import DeepgramSTTService
 
     settings = DeepgramSTTService.Settings(model=options.get("model", "nova-3"), language=options.get("language", "en"))
     return DeepgramSTTService(api_key=env["DEEPGRAM_API_KEY"], settings=settings)
 
 
-def openai_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def openai_stt(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from pipecat.services.openai.stt import OpenAISTTService
 
     from voicecli.services.openai_http import shared_http_client
@@ -66,7 +63,7 @@ def openai_stt(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     )
 
 
-def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from voicecli.services.openai_http import SharedClientOpenAILLMService
 
     settings = SharedClientOpenAILLMService.Settings(model=options.get("model", "gpt-4.1-mini"))
@@ -77,7 +74,7 @@ def openai_llm(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     )
 
 
-def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from pipecat.services.openai.tts import OpenAITTSService
 
     from voicecli.services.openai_http import shared_http_client
@@ -96,7 +93,7 @@ def openai_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent)
     )
 
 
-def cartesia_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def cartesia_tts(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from pipecat.services.cartesia.tts import CartesiaTTSService
 
     settings = CartesiaTTSService.Settings(
@@ -105,7 +102,7 @@ def cartesia_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agen
     return CartesiaTTSService(api_key=env["CARTESIA_API_KEY"], settings=settings)
 
 
-def elevenlabs_tts(options: Mapping[str, Any], env: Mapping[str, str], agent: Agent) -> Any:
+def elevenlabs_tts(options: Mapping[str, Any], env: Mapping[str, str], phrases: Sequence[str]) -> Any:
     from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 
     settings = ElevenLabsTTSService.Settings(

@@ -16,7 +16,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from voicecli.agents import ScriptRule
+from voicecli.services.script_rules import ScriptRule
 
 END_REASON = "agent ended the call"
 
