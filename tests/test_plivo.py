@@ -8,13 +8,13 @@ import secrets
 import aiohttp
 import pytest
 
+from tests.test_exotel_vobiz import NONCE, PLIVO_PARAMS
 from voicecli.emulator.plivo import PlivoApi
 from voicecli.providers import load_provider
 from voicecli.providers.plivo import V3
 from voicecli.providers.plivo_family import hmac_b64, plivo_v3_string
 from voicecli.settings import load_settings
 
-NONCE = "12345678901234567890"
 PUBLIC = "https://voice.example.com"
 WEBHOOK_URL = f"{PUBLIC}/telephony/plivo/inbound/demo"
 FORM = {"CallUUID": "plivo-call-1", "From": "14155550100", "To": "14155550142", "Direction": "inbound"}
@@ -22,15 +22,7 @@ TOKEN = PlivoApi.credentials["auth_token"]
 
 
 def test_the_v3_string_matches_the_vector_in_protocols_md() -> None:
-    params = {
-        "CallStatus": "ringing",
-        "CallUUID": "abc-123",
-        "Direction": "inbound",
-        "Event": "StartApp",
-        "From": "919000000000",
-        "To": "918000000000",
-    }
-    signed = f"{plivo_v3_string('https://example.com/vobiz/answer?x=1', params)}.{NONCE}"
+    signed = f"{plivo_v3_string('https://example.com/vobiz/answer?x=1', PLIVO_PARAMS)}.{NONCE}"
     assert hmac_b64("tok", signed) == "5XMeu+Cg02ZgBSVcgBWAkbUFIUAnwnv2vWh2X2qporI="
 
 

@@ -67,6 +67,12 @@ class ProviderApi(ABC):
     def refusal(self, status: int, message: str) -> web.Response:
         """An error answer in the provider's shape."""
 
+    @abstractmethod
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request carries this API's credentials, where the provider wants them."""
+
+    auth_refusal: ClassVar[str] = "authentication failed"  # the 401's message
+
     # --- what handlers share -------------------------------------------------------------
     async def keep(self, request: web.Request, kind: str) -> dict[str, Any]:
         """Record a request: kind (dial, hangup, account, number, ...), its headers and fields."""
@@ -92,6 +98,11 @@ class ProviderApi(ABC):
         }
         self.requests.append(entry)
         return entry
+
+    async def admit(self, request: web.Request, kind: str) -> tuple[dict[str, Any], web.Response | None]:
+        """Keep the request; the provider's 401 as the second item when its credentials are wrong."""
+        entry = await self.keep(request, kind)
+        return entry, None if self.authorized(request) else self.refusal(401, self.auth_refusal)
 
     def dialled(self, entry: Mapping[str, Any], provider_call_id: str) -> None:
         if self.on_dial is not None:

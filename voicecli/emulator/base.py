@@ -110,3 +110,16 @@ def on_server(url: str, server_url: str) -> str:
 
     parts = urlsplit(url)
     return server_url.rstrip("/") + urlunsplit(("", "", parts.path, parts.query, ""))
+
+
+def mulaw_audio(message: Mapping[str, Any], audio_event: str) -> AgentAudio:
+    """A server message of a mu-law provider: its decoded audio when it is `audio_event`."""
+    import base64
+
+    from voicecli.call.audio import ulaw_decode  # numpy: only the emulator needs it
+
+    event = str(message.get("event"))
+    if event == audio_event:
+        payload = message.get("media", {}).get("payload", "")
+        return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
+    return AgentAudio(b"", event, message)

@@ -165,7 +165,9 @@ class ExotelApi(ProviderApi):
 
         return web.json_response({"RestException": {"Status": status, "Message": message}}, status=status)
 
-    def _authorized(self, request: web.Request) -> bool:
+    auth_refusal = "Authentication is required"
+
+    def authorized(self, request: web.Request) -> bool:
         c = self.credentials
         expected = basic_auth(c["api_key"], c["api_token"])
         return request.headers.get("Authorization") == expected and request.match_info["sid"] == c["account_sid"]
@@ -173,9 +175,9 @@ class ExotelApi(ProviderApi):
     async def connect(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "dial")
-        if not self._authorized(request):
-            return self.refusal(401, "Authentication is required")
+        entry, refused = await self.admit(request, "dial")
+        if refused:
+            return refused
         fields = entry["fields"]
         if request.content_type != "application/x-www-form-urlencoded" or not isinstance(fields, dict):
             return self.refusal(400, "the body must be a form")
@@ -192,9 +194,9 @@ class ExotelApi(ProviderApi):
     async def read_account(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "account")
-        if not self._authorized(request):
-            return self.refusal(401, "Authentication is required")
+        _, refused = await self.admit(request, "account")
+        if refused:
+            return refused
         return web.json_response({"Account": {"Sid": self.credentials["account_sid"], "Status": "active"}})
 
 

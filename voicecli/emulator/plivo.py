@@ -67,7 +67,7 @@ class PlivoApi(PlivoFamilyApi):
         self.requested: set[str] = set()  # request uuids handed out by dials
         self.app: dict[str, str] | None = None  # the number's application, once there is one
 
-    def authorized(self, request: web.Request) -> bool:
+    def credentials_given(self, request: web.Request) -> bool:
         c = self.credentials
         return request.headers.get("Authorization") == basic_auth(c["auth_id"], c["auth_token"])
 
@@ -99,9 +99,9 @@ class PlivoApi(PlivoFamilyApi):
     async def delete_request(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "hangup")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        _, refused = await self.admit(request, "hangup")
+        if refused:
+            return refused
         if request.match_info["uuid"] not in self.requested:
             return self.refusal(404, "request not found")
         return web.Response(status=204)
@@ -112,9 +112,9 @@ class PlivoApi(PlivoFamilyApi):
     async def read_number(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "number")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        _, refused = await self.admit(request, "number")
+        if refused:
+            return refused
         if not self._ours(request):
             return self.refusal(404, "number not found")
         app = f"/v1/Account/{self.credentials['auth_id']}/Application/{self.app['app_id']}/" if self.app else None
@@ -123,9 +123,9 @@ class PlivoApi(PlivoFamilyApi):
     async def update_number(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "number")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        entry, refused = await self.admit(request, "number")
+        if refused:
+            return refused
         app_id = (entry["fields"] or {}).get("app_id")
         if not self._ours(request) or self.app is None or app_id != self.app["app_id"]:
             return self.refusal(404, "number or application not found")
@@ -134,9 +134,9 @@ class PlivoApi(PlivoFamilyApi):
     async def create_application(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "application")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        entry, refused = await self.admit(request, "application")
+        if refused:
+            return refused
         fields = entry["fields"] or {}
         if not fields.get("app_name") or not fields.get("answer_url"):
             return self.refusal(400, "app_name and answer_url are required")
@@ -147,9 +147,9 @@ class PlivoApi(PlivoFamilyApi):
     async def read_application(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "application")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        _, refused = await self.admit(request, "application")
+        if refused:
+            return refused
         if self.app is None or request.match_info["app_id"] != self.app["app_id"]:
             return self.refusal(404, "application not found")
         return web.json_response(self.app)
@@ -157,9 +157,9 @@ class PlivoApi(PlivoFamilyApi):
     async def update_application(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "application")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        entry, refused = await self.admit(request, "application")
+        if refused:
+            return refused
         if self.app is None or request.match_info["app_id"] != self.app["app_id"]:
             return self.refusal(404, "application not found")
         self.app.update({k: str(v) for k, v in (entry["fields"] or {}).items()})

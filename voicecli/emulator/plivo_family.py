@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 from voicecli.emulator.api import ProviderApi
-from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, on_server
+from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, mulaw_audio, on_server
 from voicecli.providers.base import WebhookRejected
 
 if TYPE_CHECKING:
@@ -165,13 +165,7 @@ class PlivoFamilyCaller(CallerSide):
         return []
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        from voicecli.call.audio import ulaw_decode
-
-        event = str(message.get("event"))
-        if event == "playAudio":
-            payload = message.get("media", {}).get("payload", "")
-            return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
-        return AgentAudio(b"", event, message)
+        return mulaw_audio(message, "playAudio")
 
 
 class PlivoFamilyApi(ProviderApi):
@@ -180,8 +174,8 @@ class PlivoFamilyApi(ProviderApi):
     dial_refusal = "insufficient balance"
 
     @abstractmethod
-    def authorized(self, request: web.Request) -> bool:
-        """Whether the request carries this API's credentials, the way it wants them."""
+    def credentials_given(self, request: web.Request) -> bool:
+        """Whether the request carries the auth ID and token the way this API wants them."""
 
     def routes(self) -> list[web.RouteDef]:
         from aiohttp import web
@@ -198,8 +192,8 @@ class PlivoFamilyApi(ProviderApi):
 
         return web.json_response({"api_id": str(uuid.uuid4()), "error": message}, status=status)
 
-    def _authorized(self, request: web.Request) -> bool:
-        return self.authorized(request) and request.match_info["auth_id"] == self.credentials["auth_id"]
+    def authorized(self, request: web.Request) -> bool:
+        return self.credentials_given(request) and request.match_info["auth_id"] == self.credentials["auth_id"]
 
     def request_uuid(self) -> str:
         """The id a dial is answered with."""
@@ -208,9 +202,9 @@ class PlivoFamilyApi(ProviderApi):
     async def create_call(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "dial")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        entry, refused = await self.admit(request, "dial")
+        if refused:
+            return refused
         fields = entry["fields"]
         if request.content_type != "application/json" or not isinstance(fields, dict):
             return self.refusal(400, "the body must be JSON")
@@ -229,9 +223,9 @@ class PlivoFamilyApi(ProviderApi):
     async def delete_call(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "hangup")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        _, refused = await self.admit(request, "hangup")
+        if refused:
+            return refused
         if self.refuse_with:
             return self.refusal(self.refuse_with, "call not found")
         return web.Response(status=204)
@@ -239,7 +233,7 @@ class PlivoFamilyApi(ProviderApi):
     async def read_account(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "account")
-        if not self._authorized(request):
-            return self.refusal(401, "authentication failed")
+        _, refused = await self.admit(request, "account")
+        if refused:
+            return refused
         return web.json_response({"auth_id": self.credentials["auth_id"], "account_type": "standard"})

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from xml.etree import ElementTree
 
 from voicecli.emulator.api import ProviderApi, basic_auth
-from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, on_server
+from voicecli.emulator.base import AgentAudio, CallerSide, SimCall, mulaw_audio, on_server
 from voicecli.providers.base import WebhookRejected
 from voicecli.providers.twilio import TwilioProvider, TwilioSettings
 
@@ -149,13 +149,7 @@ class TwilioCaller(CallerSide):
         }
 
     def read(self, message: Mapping[str, Any]) -> AgentAudio:
-        from voicecli.call.audio import ulaw_decode
-
-        event = str(message.get("event"))
-        if event == "media":
-            payload = message.get("media", {}).get("payload", "")
-            return AgentAudio(ulaw_decode(base64.b64decode(payload)), "media", message)
-        return AgentAudio(b"", event, message)
+        return mulaw_audio(message, "media")
 
 
 caller = TwilioCaller
@@ -192,16 +186,18 @@ class TwilioApi(ProviderApi):
         code = {400: 21211, 401: 20003, 404: 20404}.get(status, 20500)
         return web.json_response({"code": code, "message": message, "status": status}, status=status)
 
-    def _authorized(self, request: web.Request) -> bool:
+    auth_refusal = "Authenticate"
+
+    def authorized(self, request: web.Request) -> bool:
         sid, token = self.credentials["account_sid"], self.credentials["auth_token"]
         return request.headers.get("Authorization") == basic_auth(sid, token) and request.match_info["account"] == sid
 
     async def create_call(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "dial")
-        if not self._authorized(request):
-            return self.refusal(401, "Authenticate")
+        entry, refused = await self.admit(request, "dial")
+        if refused:
+            return refused
         fields = entry["fields"]
         if not fields.get("To") or not fields.get("From") or not (fields.get("Twiml") or fields.get("Url")):
             return self.refusal(400, "A 'To', a 'From' and a 'Url' or 'Twiml' are required.")
@@ -218,9 +214,9 @@ class TwilioApi(ProviderApi):
     async def update_call(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        entry = await self.keep(request, "hangup")
-        if not self._authorized(request):
-            return self.refusal(401, "Authenticate")
+        entry, refused = await self.admit(request, "hangup")
+        if refused:
+            return refused
         if self.refuse_with:
             return self.refusal(self.refuse_with, "The requested resource was not found")
         sid = request.match_info["sid"]
@@ -229,9 +225,9 @@ class TwilioApi(ProviderApi):
     async def read_account(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "account")
-        if not self._authorized(request):
-            return self.refusal(401, "Authenticate")
+        _, refused = await self.admit(request, "account")
+        if refused:
+            return refused
         sid = self.credentials["account_sid"]
         return web.json_response({"sid": sid, "status": "active", "friendly_name": "test account"})
 
@@ -252,9 +248,9 @@ class TwilioApi(ProviderApi):
     async def list_numbers(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        await self.keep(request, "numbers")
-        if not self._authorized(request):
-            return self.refusal(401, "Authenticate")
+        _, refused = await self.admit(request, "numbers")
+        if refused:
+            return refused
         wanted = request.query.get("PhoneNumber")
         numbers = [self._number()] if wanted in (None, self.phone_number) else []
         page = {"first_page_uri": request.path, "next_page_uri": None, "previous_page_uri": None, "uri": request.path}
@@ -265,12 +261,9 @@ class TwilioApi(ProviderApi):
     async def update_number(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        if not self._authorized(request):
-            await self.keep(request, "refused")
-            return self.refusal(401, "Authenticate")
-        if request.match_info["sid"] != self.number_sid:
-            await self.keep(request, "refused")
-            return web.json_response({}, status=404)
+        if not self.authorized(request) or request.match_info["sid"] != self.number_sid:
+            _, refused = await self.admit(request, "refused")
+            return refused or web.json_response({}, status=404)
         await self.keep(request, "number")
         return web.json_response(self._number())
 

@@ -37,7 +37,7 @@ class VobizApi(PlivoFamilyApi):
     phone_number = "+918071500000"
     path = "/api/v1"
 
-    def authorized(self, request: web.Request) -> bool:
+    def credentials_given(self, request: web.Request) -> bool:
         c = self.credentials
         headers = (request.headers.get("X-Auth-ID"), request.headers.get("X-Auth-Token"))
         return headers == (c["auth_id"], c["auth_token"]) and "Authorization" not in request.headers

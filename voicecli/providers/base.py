@@ -283,9 +283,6 @@ class Provider(ABC):
         """Whether an inbound message says the caller's side has ended the stream."""
         return message.get("event") == "stop"
 
-    async def end_stream(self, ws: web.WebSocketResponse, start: StreamStart) -> None:  # noqa: B027
-        """Anything the provider wants sent on the stream before the server closes it."""
-
     @abstractmethod
     async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
         """Verify and parse a status callback; None when it changes nothing."""
@@ -321,6 +318,16 @@ class HangsUp(Capability, ABC):
     @abstractmethod
     async def hang_up(self, http: aiohttp.ClientSession, provider_call_id: str | None) -> str:
         """End the call on the provider's side; returns what was done, for the record."""
+
+
+class SendsStop(Capability, ABC):
+    """Wants a message on the stream before the server closes it (the Plivo family's `stop`)."""
+
+    capability = "stop message"
+
+    @abstractmethod
+    async def end_stream(self, ws: web.WebSocketResponse, start: StreamStart) -> None:
+        """Send it (the socket may be closed already)."""
 
 
 class PointsNumbers(Capability, ABC):

@@ -30,6 +30,7 @@ from voicecli.providers.base import (
     InboundCall,
     Provider,
     ProviderSettings,
+    SendsStop,
     StatusUpdate,
     StreamCall,
     StreamStart,
@@ -88,7 +89,7 @@ class PlivoFamilySettings(ProviderSettings):
     api_base: str = row("", as_str, "{label} REST base URL", file_only=True)
 
 
-class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, TokenInStreamUrl):
+class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInStreamUrl):
     """A Plivo-compatible provider: bidirectional mu-law `<Stream>`, REST dial and hang-up."""
 
     config: PlivoFamilySettings

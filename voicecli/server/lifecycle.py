@@ -33,6 +33,7 @@ from voicecli.providers.base import (
     DialRequest,
     HangsUp,
     InboundCall,
+    SendsStop,
     SignsUpgrades,
     StatusUpdate,
     StreamCall,
@@ -545,7 +546,7 @@ class CallOwner:
         """The provider's stop message, then its REST hang-up, whatever became of the first."""
         t = self.timeouts
         session = call.session
-        if session is not None:
+        if session is not None and isinstance(call.provider, SendsStop):
             try:
                 await asyncio.wait_for(call.provider.end_stream(call.ws, session.start), t.stop_message_s)
             except Exception as exc:  # a stuck or broken socket: the REST hang-up still goes
