@@ -220,7 +220,7 @@ async def _streams(cfg: dict[str, Any]) -> dict[str, Any]:
     from twilio.request_validator import RequestValidator
 
     from voicecli.emulator.simulator import _local_ws_url
-    from voicecli.providers.twilio import TwilioCaller
+    from voicecli.emulator.twilio import TwilioCaller
     from voicecli.settings import load_settings
 
     caller = TwilioCaller(load_settings(environ={"TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "TWILIO_ACCOUNT_SID": TWILIO_SID}))

@@ -91,7 +91,7 @@ async def one_call(
     hang_up_at: float,
 ) -> None:
     from voicecli.emulator.simulator import _local_ws_url
-    from voicecli.providers.twilio import TwilioCaller
+    from voicecli.emulator.twilio import TwilioCaller
     from voicecli.settings import load_settings
 
     caller = TwilioCaller(load_settings(environ={}))
