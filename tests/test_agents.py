@@ -66,6 +66,8 @@ def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None
         (DEMO_HEAD.replace('greeting = "Hi"', "") + SCRIPT, "greeting: must be a non-empty string"),
         (DEMO_HEAD + '[llm]\nprovider = "openai"\n', "system_prompt: the openai LLM needs"),
         (DEMO_HEAD + SCRIPT + "[call]\nmax_duration_s = -5\n", "call.max_duration_s: must be a positive"),
+        (DEMO_HEAD + SCRIPT + '[webhook]\nurl = "ftp://crm"\n', "webhook.url: must be a URL starting with http"),
+        (DEMO_HEAD + SCRIPT + '[webhook]\nsecret = "x"\n', "webhook.secret: unknown key"),
         ('name = "has space"\n' + DEMO_HEAD + SCRIPT, "name: use letters"),
         ("greeting = \n", "is not valid TOML"),
         (DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'vibes'\n", "turn.strategy: 'vibes' is not one of smart-turn"),

@@ -84,7 +84,7 @@ async def test_calls_without_a_server_says_how_to_start_one(project) -> None:
     assert code == 1 and "voicecli serve" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["config", "list"], ["calls", "--json"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["config", "list"], ["calls", "--json"], ["webhooks"]])
 async def test_commands_that_run_no_calls_import_no_pipecat(project, args) -> None:
     code, out, err = await run_voicecli(project, *args, python_flags=("-X", "importtime"), env=CHECKOUT_ENV)
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")]

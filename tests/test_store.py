@@ -878,3 +878,40 @@ def test_utcnow_iso_is_utc_with_milliseconds() -> None:
     stamp = utcnow_iso()
     assert stamp.endswith("Z") and len(stamp) == len("2024-01-01T00:00:00.000Z")
     _when(stamp)
+
+
+async def test_a_calls_webhook_events_are_written_with_its_changes_exactly_once(
+    store: CallStore, others: list[CallStore]
+) -> None:
+    url = "https://hooks.example.com/voicecli"
+    quiet = await store.create(provider="twilio", agent="demo", direction="inbound")  # no webhook
+    call = await store.create(provider="twilio", agent="demo", direction="inbound", webhook_url=url)
+    await store.claim_stream(call.id, provider="twilio", agent="demo", instance=None, provider_call_id="CA1")
+    await store.add_transcript(call.id, "agent", "Hello!")
+    await store.finish(call.id, "completed", "caller hung up")
+    await store.finish(call.id, "failed", "a second end changes nothing")
+    await store.finish(quiet.id, "completed", "no webhook, no event")
+    dialled = await store.create(provider="vobiz", agent="demo", direction="outbound", status="queued", webhook_url=url)
+    await store.finish(dialled.id, "no-answer", "nobody answered")  # ended without starting
+
+    found = await store.deliveries()
+    assert sorted((d.call_id, d.event) for d in found) == sorted(
+        [(call.id, "call.ended"), (call.id, "call.started"), (dialled.id, "call.ended")]
+    )
+    ended = json.loads(next(d.body for d in found if d.call_id == call.id and d.event == "call.ended"))
+    assert ended["call"]["status"] == "completed" and ended["call"]["transcript"][0]["text"] == "Hello!"
+    assert {d.url for d in found} == {url} and all(d.status == "pending" and d.tries == 0 for d in found)
+
+    # Each due delivery goes to one claimer at a time, whichever process asks.
+    await store.join(_holder("a"))
+    await others[0].join(_holder("b"))
+    first, second = await asyncio.gather(store.claim_deliveries("a", 10), others[0].claim_deliveries("b", 10))
+    assert sorted(d.id for d in first + second) == sorted(d.id for d in found)
+    mine = first[0] if first else second[0]
+    owner, other = ("a", "b") if first else ("b", "a")
+    await store.record_attempt(mine.id, other, "delivered")  # not its claim: nothing changes
+    await store.record_attempt(mine.id, owner, "failed", "HTTP 400")
+    [row] = [d for d in await store.deliveries() if d.id == mine.id]
+    assert (row.status, row.tries, row.last_error) == ("failed", 1, "HTTP 400")
+    assert await store.retry_delivery(mine.id) and not await store.retry_delivery(mine.id)
+    assert [d.id for d in await store.claim_deliveries("a", 10)] == [mine.id]  # due again, at once

@@ -13,10 +13,11 @@ from voicecli.errors import AgentError, MissingKeysError
 from voicecli.services import SERVICES, Kind, ServiceConfig
 from voicecli.services.options import OptionError
 from voicecli.services.script_rules import ScriptRule
+from voicecli.settings_schema import as_http_url
 
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn"})
+TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook"})
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
 
 TurnStrategy = Literal["smart-turn", "silence"]
@@ -61,6 +62,8 @@ class Agent:
     # Said when the server must end a call that is still going (shutdown, time limit).
     goodbye: str = "Sorry, I have to end the call now. Goodbye!"
     turn: TurnConfig = field(default_factory=TurnConfig)
+    # `[webhook] url`: where this agent's call events go (instead of the webhook_url setting).
+    webhook_url: str | None = None
 
     @property
     def rules(self) -> tuple[ScriptRule, ...]:
@@ -174,6 +177,18 @@ class _Checker:
             raise self.fail(f"{kind}.{exc.where}", exc.problem) from None
         return ServiceConfig(provider, options)
 
+    def webhook(self, data: Mapping[str, Any]) -> str | None:
+        table = data.get("webhook", {})
+        if not isinstance(table, dict):
+            raise self.fail("[webhook]", "must be a table")
+        self.unknown(table, frozenset({"url"}), "webhook.")
+        if "url" not in table:
+            return None
+        try:
+            return as_http_url(table["url"])
+        except ValueError as exc:
+            raise self.fail("webhook.url", str(exc)) from None
+
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
         table = data.get("turn", {})
         if not isinstance(table, dict):
@@ -230,5 +245,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         max_duration_s=check.number(call, "max_duration_s", "call.", 1800.0),
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
         turn=check.turn(data),
+        webhook_url=check.webhook(data),
         **extra,
     )

@@ -6,7 +6,7 @@ import typer
 from typer.core import TyperGroup
 
 from voicecli import __version__
-from voicecli.commands import call, calls, config, doctor, serve, simulate
+from voicecli.commands import call, calls, config, doctor, serve, simulate, webhooks
 from voicecli.errors import VoicecliError
 
 
@@ -26,7 +26,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     name="voicecli",
     cls=_Group,
-    help="Put voice agents on real phone numbers (Twilio, Exotel, Vobiz).",
+    help="Put voice agents on real phone numbers (Twilio, Exotel, Vobiz, Plivo).",
     no_args_is_help=True,
     add_completion=False,
     # A traceback must never print local variables: they can hold tokens.
@@ -45,7 +45,7 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    """Put voice agents on real phone numbers (Twilio, Exotel, Vobiz)."""
+    """Put voice agents on real phone numbers (Twilio, Exotel, Vobiz, Plivo)."""
 
 
 app.command("serve")(serve.serve)
@@ -54,6 +54,7 @@ app.command("simulate")(simulate.simulate)
 app.command("doctor")(doctor.doctor)
 app.add_typer(calls.app, name="calls")
 app.add_typer(config.app, name="config")
+app.add_typer(webhooks.app, name="webhooks")
 
 
 def main() -> None:

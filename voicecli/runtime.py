@@ -20,6 +20,7 @@ SECRET_FILE = "secret"
 SERVER_FILE = "server.json"
 SERVER_LOCK_FILE = "server.lock"
 DB_FILE = "calls.db"
+WEBHOOK_SECRET_FILE = "webhook_secret"
 
 
 def write_private(path: Path, text: str) -> None:

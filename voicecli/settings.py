@@ -48,6 +48,19 @@ def _as_database_url(value: Any) -> str:
     return text
 
 
+def _as_positive(most: float) -> Any:
+    def check(value: Any) -> float:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            number = 0.0
+        if isinstance(value, bool) or not 0 < number <= most:
+            raise ValueError(f"must be a number above 0 and at most {most:g}")
+        return number
+
+    return check
+
+
 def _as_workers(value: Any) -> int | str:
     text = str(value).strip().lower()
     if text == "auto":
@@ -90,6 +103,19 @@ SETTINGS: tuple[Setting, ...] = (
         _as_networks,
         "proxies whose X-Forwarded-For names the client (--tunnel adds loopback)",
     ),
+    Setting("webhook_url", None, as_http_url, "where each call's call.started and call.ended events are POSTed"),
+    Setting(
+        "webhook_retry_hours",
+        24.0,
+        _as_positive(720.0),
+        "how long an undelivered webhook event is retried before it is marked failed",
+    ),
+    Setting(
+        "webhook_backoff_max_s",
+        3600.0,
+        _as_positive(86400.0),
+        "the longest wait between two tries of a webhook event (the first is 1 s, then doubling)",
+    ),
     Setting(
         "database_url",
         None,
@@ -112,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
 # Environment-only values: never written to voicecli.toml, never served by the settings API.
-ENV_ONLY = ("VOICECLI_SECRET", "VOICECLI_API_TOKEN", "VOICECLI_CONFIG", "NGROK_AUTHTOKEN")
+ENV_ONLY = ("VOICECLI_SECRET", "VOICECLI_API_TOKEN", "VOICECLI_WEBHOOK_SECRET", "VOICECLI_CONFIG", "NGROK_AUTHTOKEN")
 
 
 class Layers(NamedTuple):

@@ -182,6 +182,12 @@ class CallOwner:
         if record and record.status in ("queued", "ringing"):
             await self.state.store.finish(call_id, status, reason)  # type: ignore[arg-type]
 
+    def webhook_url(self, agent: str) -> str | None:
+        """Where this call's events go: the agent's `[webhook] url`, else the `webhook_url`
+        setting; fixed when the call is recorded (whichever process later ends it)."""
+        served = self.state.agents.get(agent)
+        return (served.webhook_url if served else None) or self.state.settings.get("webhook_url")
+
     def _refuse_if_draining(self) -> None:
         if self.draining:
             raise CallRefused(503, "server is shutting down")
@@ -212,6 +218,7 @@ class CallOwner:
                 provider_call_id=known,
                 status="ringing",
                 instance=self.state.holder,
+                webhook_url=self.webhook_url(agent),
             )
         finally:
             self._waiting_ids.discard(known or "")
@@ -245,6 +252,7 @@ class CallOwner:
                 to_number=phone,
                 status="queued",
                 instance=self.state.holder,
+                webhook_url=self.webhook_url(agent),
             )
             request = DialRequest(
                 to_number=phone,
@@ -455,6 +463,7 @@ class CallOwner:
                     provider_call_id=start.provider_call_id,
                     status="in-progress",
                     instance=instance,
+                    webhook_url=self.webhook_url(agent),
                 )
             else:
                 claimed = await store.claim_stream(

@@ -18,6 +18,7 @@ from voicecli.runtime import API_TOKEN_FILE, SECRET_FILE, new_instance_id, write
 from voicecli.server.cluster import Membership
 from voicecli.server.lifecycle import CallOwner, Timeouts
 from voicecli.server.limits import SlotLimiter
+from voicecli.server.webhooks import WebhookSender, webhook_secret
 from voicecli.store import CallStore, Event, Holder, store_for
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class ServerState:
     secret: bytes = b""
     api_token: str = ""
     http: aiohttp.ClientSession | None = None
+    webhooks: WebhookSender | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,12 +72,16 @@ class ServerState:
     async def start(self) -> None:
         """Open the store, take the shared secrets, join the cluster, load the live settings."""
         self.secret, self.api_token = await open_shared(self.settings, self.store)
+        self.webhooks = WebhookSender(self, await webhook_secret(self.settings, self.store))
         await self.membership.start(recover=self.recover)
+        self.webhooks.start()
         # At start-up a bad stored value stops the server with its message; later, it is logged.
         self.apply_settings(self.settings.with_store(await self.store.stored_settings()))
 
     async def stop(self) -> None:
         self.calls.cancel_timers()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.membership.stop()
         await self.store.close()
 

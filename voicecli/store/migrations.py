@@ -124,6 +124,33 @@ BEGIN
 END
 $$"""
 
+# Post-call webhooks: where a call's events go (fixed when the call is recorded), and the
+# outbox of events, each row written in the transaction of the record change it reports.
+_CALL_WEBHOOKS = """CREATE TABLE call_webhooks (
+    call_id TEXT PRIMARY KEY REFERENCES calls(id) ON DELETE CASCADE,
+    url TEXT NOT NULL
+)"""
+_OUTBOX = """CREATE TABLE webhook_outbox (
+    id TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at {real} NOT NULL,
+    retry_from {real} NOT NULL,
+    next_try_at {real} NOT NULL,
+    delivered_at {real},
+    claimed_by TEXT,
+    claimed_until {real}
+)"""
+_OUTBOX_INDEXES = (
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox(status, next_try_at)",
+    "CREATE INDEX webhook_outbox_created ON webhook_outbox(created_at)",
+)
+
 # AUTOINCREMENT: ids never reused, even after old events are pruned (readers remember the last).
 _SQLITE = {"real": "REAL", "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT"}
 _POSTGRES = {"real": "DOUBLE PRECISION", "serial_key": "BIGSERIAL PRIMARY KEY"}
@@ -150,4 +177,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("m003_shared_state", **_both(_HOLDERS, _SLOTS, _EVENTS, _SETTINGS, _SECRETS, *_SHARED_INDEXES)),
     # PostgreSQL's slot take as one function: one round trip, the lock held only inside it.
     Migration("m004_take_slot_function", sqlite=(), postgres=(_TAKE_SLOT,)),
+    # Post-call webhooks delivered at least once from an outbox.
+    Migration("m005_webhook_outbox", **_both(_CALL_WEBHOOKS, _OUTBOX, *_OUTBOX_INDEXES)),
 )

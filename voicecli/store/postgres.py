@@ -22,6 +22,15 @@ from loguru import logger
 
 from voicecli.server.urls import hide_password
 from voicecli.store.migrations import MIGRATIONS
+from voicecli.store.outbox import (
+    CLAIM_S,
+    DELIVERY_COLUMNS,
+    Delivery,
+    Outcome,
+    event_body,
+    new_delivery_id,
+    transition_event,
+)
 from voicecli.store.records import (
     EVENT_KEEP_S,
     LEASE_S,
@@ -76,8 +85,40 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     rolls back a transaction left open before this runs."""
 
 
-async def _rewrite(conn: asyncpg.Connection, record: CallRecord) -> None:
+async def _rewrite(conn: asyncpg.Connection, record: CallRecord, before: str) -> None:
+    """Write a changed record, and the webhook event the change emits, in the caller's transaction."""
     await conn.execute(_REWRITE, *astuple(record))
+    await _enqueue(conn, before, record)
+
+
+async def _enqueue(conn: asyncpg.Connection, before: str | None, record: CallRecord) -> None:
+    """The outbox row for the event this change emits, if the call has a webhook."""
+    event = transition_event(before, record)
+    if event is None:
+        return
+    url = await conn.fetchval("SELECT url FROM call_webhooks WHERE call_id = $1", record.id)
+    if url is None:
+        return
+    delivery_id = new_delivery_id()
+    transcript = None
+    if event == "call.ended":
+        rows = await conn.fetch("SELECT role, text, at FROM transcript WHERE call_id = $1 ORDER BY id", record.id)
+        transcript = [TranscriptEntry(*row) for row in rows]
+    body = event_body(event, delivery_id, record, transcript, utcnow_iso())
+    await conn.execute(
+        f"""INSERT INTO webhook_outbox (id, call_id, event, url, body, created_at, retry_from, next_try_at)
+            VALUES ($1, $2, $3, $4, $5, {_NOW}, {_NOW}, {_NOW})""",
+        delivery_id,
+        record.id,
+        event,
+        url,
+        body,
+    )
+
+
+# Due, and nobody's: unclaimed, its claim lapsed, or its claimer gone (killed, reaped).
+_DUE = f"""status = 'pending' AND next_try_at <= {_NOW} AND (claimed_until IS NULL OR claimed_until < {_NOW}
+    OR claimed_by NOT IN (SELECT id FROM holders WHERE expires_at > {_NOW}))"""
 
 
 async def _locked_call(conn: asyncpg.Connection, call_id: str) -> CallRecord | None:
@@ -94,7 +135,8 @@ async def _interrupt(conn: asyncpg.Connection, where: str, args: Sequence[Any], 
     )
     now = utcnow_iso()
     for row in rows:
-        await _rewrite(conn, apply_update(CallRecord(*row), status="interrupted", end_reason=reason, now=now))
+        record = CallRecord(*row)
+        await _rewrite(conn, apply_update(record, status="interrupted", end_reason=reason, now=now), record.status)
     return len(rows)
 
 
@@ -242,8 +284,9 @@ class PostgresCallStore:
         status: CallStatus = "ringing",
         call_id: str | None = None,
         instance: str | None = None,
+        webhook_url: str | None = None,
     ) -> CallRecord:
-        """Record a new call; raises `DuplicateCall` if `call_id` is already taken."""
+        """Record a new call (its events go to `webhook_url`); DuplicateCall if `call_id` is taken."""
         record = new_record(
             provider=provider,
             agent=agent,
@@ -258,7 +301,15 @@ class PostgresCallStore:
 
         async def insert() -> None:
             try:
-                await self.pool.execute(_INSERT, *astuple(record))
+                if not webhook_url:
+                    await self.pool.execute(_INSERT, *astuple(record))
+                    return
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(_INSERT, *astuple(record))
+                    await conn.execute(
+                        "INSERT INTO call_webhooks (call_id, url) VALUES ($1, $2)", record.id, webhook_url
+                    )
+                    await _enqueue(conn, None, record)
             except asyncpg.UniqueViolationError as exc:
                 raise DuplicateCall(f"call id {record.id} is already taken") from exc
 
@@ -299,7 +350,7 @@ class PostgresCallStore:
                     return None
                 updated = apply_update(record, **changes)  # type: ignore[arg-type]
                 if updated != record:
-                    await _rewrite(conn, updated)
+                    await _rewrite(conn, updated, record.status)
                 return updated
 
         return await self._write(change)
@@ -359,7 +410,7 @@ class PostgresCallStore:
                     instance=instance,
                     provider_call_id=record.provider_call_id or provider_call_id,
                 )
-                await _rewrite(conn, claimed)
+                await _rewrite(conn, claimed, record.status)
                 return claimed
 
         return await self._write(claim)
@@ -390,6 +441,53 @@ class PostgresCallStore:
         return {row["call_id"]: TranscriptSummary(row["turns"], row["role"], row["text"]) for row in rows}
 
     # --- holders and their leases ----------------------------------------------------------
+    # --- post-call webhooks: the outbox
+    async def claim_deliveries(self, holder: str, limit: int, claim_s: float = CLAIM_S) -> list[Delivery]:
+        # SKIP LOCKED: instances polling at once each take different rows, none waits.
+        rows = await self.pool.fetch(
+            f"""UPDATE webhook_outbox SET claimed_by = $1, claimed_until = {_NOW} + $3
+                WHERE id IN (SELECT id FROM webhook_outbox WHERE {_DUE}
+                             ORDER BY next_try_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                RETURNING {DELIVERY_COLUMNS}""",
+            holder,
+            limit,
+            claim_s,
+        )
+        return [Delivery(*row) for row in rows]
+
+    async def record_attempt(
+        self, delivery_id: str, holder: str, outcome: Outcome, error: str | None = None, retry_in_s: float = 0.0
+    ) -> None:
+        status = {"delivered": "delivered", "retry": "pending", "failed": "failed"}[outcome]
+        await self._write(
+            lambda: self.pool.execute(
+                f"""UPDATE webhook_outbox SET status = $1, tries = tries + 1, last_error = $2,
+                        next_try_at = {_NOW} + $3, delivered_at = CASE WHEN $1 = 'delivered' THEN {_NOW} END,
+                        claimed_by = NULL, claimed_until = NULL
+                    WHERE id = $4 AND claimed_by = $5""",
+                status,
+                error,
+                retry_in_s,
+                delivery_id,
+                holder,
+            )
+        )
+
+    async def deliveries(self, limit: int = 50) -> list[Delivery]:
+        rows = await self.pool.fetch(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_outbox ORDER BY created_at DESC, id LIMIT $1", limit
+        )
+        return [Delivery(*row) for row in rows]
+
+    async def retry_delivery(self, delivery_id: str) -> bool:
+        done = await self.pool.execute(
+            f"""UPDATE webhook_outbox SET status = 'pending', next_try_at = {_NOW}, retry_from = {_NOW},
+                    claimed_by = NULL, claimed_until = NULL
+                WHERE id = $1 AND status = 'failed'""",
+            delivery_id,
+        )
+        return done.endswith(" 1")
+
     async def join(self, holder: Holder) -> None:
         """Register (or re-register) a holder with a fresh lease."""
         await self._write(

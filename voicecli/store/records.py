@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 CallStatus = Literal[
     "queued",
@@ -251,6 +251,10 @@ class LeaseConnection(Protocol):
     async def close(self) -> None: ...
 
 
+if TYPE_CHECKING:
+    from voicecli.store.outbox import Delivery, Outcome
+
+
 class CallStore(Protocol):
     """What every server process shares: records, slots, leases, events, settings, secrets.
 
@@ -280,8 +284,13 @@ class CallStore(Protocol):
         status: CallStatus = "ringing",
         call_id: str | None = None,
         instance: str | None = None,
+        webhook_url: str | None = None,
     ) -> CallRecord:
-        """Record a new call; raises `DuplicateCall` if `call_id` is already taken."""
+        """Record a new call; raises `DuplicateCall` if `call_id` is already taken.
+
+        `webhook_url`: where the call's events go. Every later change that starts or ends the
+        call writes its event to the outbox in the same transaction (outbox.py).
+        """
         ...
 
     async def get(self, call_id: str) -> CallRecord | None: ...
@@ -321,6 +330,26 @@ class CallStore(Protocol):
         ...
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]: ...
+
+    # --- post-call webhooks: the outbox ---------------------------------------------------------
+    async def claim_deliveries(self, holder: str, limit: int, claim_s: float = 30.0) -> list[Delivery]:
+        """Up to `limit` pending deliveries that are due and nobody holds, now `holder`'s for
+        `claim_s` (so with several processes each is sent by one at a time)."""
+        ...
+
+    async def record_attempt(
+        self, delivery_id: str, holder: str, outcome: Outcome, error: str | None = None, retry_in_s: float = 0.0
+    ) -> None:
+        """What a try of a delivery `holder` claimed came to; `retry` makes it due in `retry_in_s`."""
+        ...
+
+    async def deliveries(self, limit: int = 50) -> list[Delivery]:
+        """The newest deliveries, any status."""
+        ...
+
+    async def retry_delivery(self, delivery_id: str) -> bool:
+        """Queue a failed delivery again, its retry window restarted; False if none failed by that id."""
+        ...
 
     # --- holders and their leases ----------------------------------------------------------
     async def join(self, holder: Holder) -> None:

@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from voicecli.store.migrations import MIGRATIONS
+from voicecli.store.outbox import (
+    CLAIM_S,
+    DELIVERY_COLUMNS,
+    Delivery,
+    Outcome,
+    event_body,
+    new_delivery_id,
+    transition_event,
+)
 from voicecli.store.records import (
     EVENT_KEEP_S,
     LEASE_S,
@@ -118,9 +127,12 @@ def _fetch_one(db: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> C
     return CallRecord(*row) if row else None
 
 
-def _insert(db: sqlite3.Connection, record: CallRecord) -> None:
+def _insert(db: sqlite3.Connection, record: CallRecord, webhook_url: str | None) -> None:
     with _transaction(db):
         db.execute(f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})", astuple(record))
+        if webhook_url:
+            db.execute("INSERT INTO call_webhooks (call_id, url) VALUES (?, ?)", (record.id, webhook_url))
+            _enqueue(db, None, record)
 
 
 def _update(db: sqlite3.Connection, call_id: str, changes: dict[str, Any]) -> CallRecord | None:
@@ -130,13 +142,86 @@ def _update(db: sqlite3.Connection, call_id: str, changes: dict[str, Any]) -> Ca
             return None
         updated = apply_update(record, **changes)
         if updated != record:
-            _rewrite(db, updated)
+            _rewrite(db, updated, record.status)
         return updated
 
 
-def _rewrite(db: sqlite3.Connection, record: CallRecord) -> None:
+def _rewrite(db: sqlite3.Connection, record: CallRecord, before: str) -> None:
+    """Write a changed record, and the webhook event the change emits, in the caller's transaction."""
     assignments = ", ".join(f"{name} = ?" for name in _COLUMNS.split(", ")[1:])
     db.execute(f"UPDATE calls SET {assignments} WHERE id = ?", (*astuple(record)[1:], record.id))
+    _enqueue(db, before, record)
+
+
+def _enqueue(db: sqlite3.Connection, before: str | None, record: CallRecord) -> None:
+    """The outbox row for the event this change emits, if the call has a webhook."""
+    event = transition_event(before, record)
+    if event is None:
+        return
+    row = db.execute("SELECT url FROM call_webhooks WHERE call_id = ?", (record.id,)).fetchone()
+    if row is None:
+        return
+    delivery_id = new_delivery_id()
+    transcript = _transcript(db, record.id) if event == "call.ended" else None
+    body = event_body(event, delivery_id, record, transcript, utcnow_iso())
+    db.execute(
+        f"""INSERT INTO webhook_outbox (id, call_id, event, url, body, created_at, retry_from, next_try_at)
+            VALUES (?, ?, ?, ?, ?, {_NOW}, {_NOW}, {_NOW})""",
+        (delivery_id, record.id, event, row[0], body),
+    )
+
+
+# Due, and nobody's: unclaimed, its claim lapsed, or its claimer gone (killed, reaped).
+_DUE = f"""status = 'pending' AND next_try_at <= {_NOW} AND (claimed_until IS NULL OR claimed_until < {_NOW}
+    OR claimed_by NOT IN (SELECT id FROM holders WHERE expires_at > {_NOW}))"""
+
+
+def _claim_deliveries(db: sqlite3.Connection, holder: str, limit: int, claim_s: float) -> list[Delivery]:
+    # Read first: the poll runs in every process, and most find nothing to take the write lock for.
+    if db.execute(f"SELECT 1 FROM webhook_outbox WHERE {_DUE} LIMIT 1").fetchone() is None:
+        return []
+    with _transaction(db):
+        rows = db.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM webhook_outbox WHERE {_DUE} ORDER BY next_try_at LIMIT ?", (limit,)
+        ).fetchall()
+        ids = [row[0] for row in rows]
+        if ids:
+            db.execute(
+                f"UPDATE webhook_outbox SET claimed_by = ?, claimed_until = {_NOW} + ?"
+                f" WHERE id IN ({', '.join('?' * len(ids))})",
+                (holder, claim_s, *ids),
+            )
+    return [Delivery(*row) for row in rows]
+
+
+def _record_attempt(
+    db: sqlite3.Connection, delivery_id: str, holder: str, outcome: str, error: str | None, retry_in_s: float
+) -> None:
+    status = {"delivered": "delivered", "retry": "pending", "failed": "failed"}[outcome]
+    with _transaction(db):
+        db.execute(
+            f"""UPDATE webhook_outbox SET status = ?, tries = tries + 1, last_error = ?,
+                    next_try_at = {_NOW} + ?, delivered_at = CASE WHEN ? = 'delivered' THEN {_NOW} END,
+                    claimed_by = NULL, claimed_until = NULL
+                WHERE id = ? AND claimed_by = ?""",
+            (status, error, retry_in_s, status, delivery_id, holder),
+        )
+
+
+def _deliveries(db: sqlite3.Connection, limit: int) -> list[Delivery]:
+    rows = db.execute(f"SELECT {DELIVERY_COLUMNS} FROM webhook_outbox ORDER BY created_at DESC, id LIMIT ?", (limit,))
+    return [Delivery(*row) for row in rows]
+
+
+def _retry_delivery(db: sqlite3.Connection, delivery_id: str) -> bool:
+    with _transaction(db):
+        cursor = db.execute(
+            f"""UPDATE webhook_outbox SET status = 'pending', next_try_at = {_NOW}, retry_from = {_NOW},
+                    claimed_by = NULL, claimed_until = NULL
+                WHERE id = ? AND status = 'failed'""",
+            (delivery_id,),
+        )
+    return cursor.rowcount > 0
 
 
 def _add_transcript(db: sqlite3.Connection, call_id: str, role: str, text: str, at: str) -> None:
@@ -179,7 +264,7 @@ def _interrupt(db: sqlite3.Connection, where: str, params: tuple[Any, ...], reas
     now = utcnow_iso()
     records = [CallRecord(*row) for row in rows.fetchall()]
     for record in records:
-        _rewrite(db, apply_update(record, status="interrupted", end_reason=reason, now=now))
+        _rewrite(db, apply_update(record, status="interrupted", end_reason=reason, now=now), record.status)
     return len(records)
 
 
@@ -363,7 +448,7 @@ def _claim_stream(
             instance=instance,
             provider_call_id=record.provider_call_id or provider_call_id,
         )
-        _rewrite(db, claimed)
+        _rewrite(db, claimed, record.status)
         return claimed
 
 
@@ -465,8 +550,9 @@ class SQLiteCallStore:
         status: CallStatus = "ringing",
         call_id: str | None = None,
         instance: str | None = None,
+        webhook_url: str | None = None,
     ) -> CallRecord:
-        """Record a new call; raises DuplicateCall if `call_id` is already taken."""
+        """Record a new call (its events go to `webhook_url`); DuplicateCall if `call_id` is taken."""
         record = new_record(
             provider=provider,
             agent=agent,
@@ -479,7 +565,7 @@ class SQLiteCallStore:
             instance=instance,
         )
         try:
-            await self._run(_insert, record)
+            await self._run(_insert, record, webhook_url)
         except sqlite3.IntegrityError:
             raise DuplicateCall(f"call id {record.id} is already taken") from None
         return record
@@ -538,6 +624,21 @@ class SQLiteCallStore:
     async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool:
         """Note a signature nonce; False when it was already seen within `keep_s` (a replay)."""
         return await self._run(_first_use, provider, nonce, time.time(), keep_s)
+
+    # --- post-call webhooks
+    async def claim_deliveries(self, holder: str, limit: int, claim_s: float = CLAIM_S) -> list[Delivery]:
+        return await self._run(_claim_deliveries, holder, limit, claim_s)
+
+    async def record_attempt(
+        self, delivery_id: str, holder: str, outcome: Outcome, error: str | None = None, retry_in_s: float = 0.0
+    ) -> None:
+        await self._run(_record_attempt, delivery_id, holder, outcome, error, retry_in_s)
+
+    async def deliveries(self, limit: int = 50) -> list[Delivery]:
+        return await self._run(_deliveries, limit)
+
+    async def retry_delivery(self, delivery_id: str) -> bool:
+        return await self._run(_retry_delivery, delivery_id)
 
     # --- holders and leases
     async def join(self, holder: Holder) -> None:
