@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
@@ -157,7 +157,7 @@ class StreamMessages:
 class Row:
     """How one field of a ProviderSettings is declared as a setting."""
 
-    parse: Any  # Callable[[Any], Any]: the value's parser (settings_schema)
+    parse: Callable[[Any], Any]  # the value's parser (settings_schema)
     help: str  # "{label}" becomes the provider's label
     secret: bool = False
     file_only: bool = False
@@ -166,7 +166,13 @@ class Row:
 
 
 def row(
-    default: Any, parse: Any, help: str, *, secret: bool = False, file_only: bool = False, credential: bool = False
+    default: Any,
+    parse: Callable[[Any], Any],
+    help: str,
+    *,
+    secret: bool = False,
+    file_only: bool = False,
+    credential: bool = False,
 ) -> Any:
     """A ProviderSettings field declared as the setting `{provider}_{field}`."""
     return field(default=default, metadata={"row": Row(parse, help, secret, file_only, credential)})
