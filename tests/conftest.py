@@ -29,10 +29,20 @@ TWILIO_TOKEN = TwilioApi.credentials["auth_token"]
 pytest_plugins = ["tests.postgres_server"]  # postgres_server and database_url: a real server
 
 
+# The agents voicecli ships; a user's own files in agents/ are theirs, not the tests'.
+SHIPPED_AGENTS = ("demo.toml", "pizza.toml", "sales.toml")
+
+
+def copy_shipped_agents(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in SHIPPED_AGENTS:
+        shutil.copy(REPO / "agents" / name, folder / name)
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder with the shipped agents, as the working directory, with a clean environment."""
-    shutil.copytree(REPO / "agents", tmp_path / "agents")
+    copy_shipped_agents(tmp_path / "agents")
     monkeypatch.chdir(tmp_path)
     for name in list(__import__("os").environ):
         if name.startswith((*PROVIDER_PREFIXES, "VOICECLI_", "TELEPHONY_")) or name in (

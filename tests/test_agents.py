@@ -68,6 +68,8 @@ def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None
         (DEMO_HEAD + SCRIPT + "[call]\nmax_duration_s = -5\n", "call.max_duration_s: must be a positive"),
         (DEMO_HEAD + SCRIPT + '[webhook]\nurl = "ftp://crm"\n', "webhook.url: must be a URL starting with http"),
         (DEMO_HEAD + SCRIPT + '[webhook]\nsecret = "x"\n', "webhook.secret: unknown key"),
+        # A file copied from demo.toml that still says so would serve under /demo.
+        ('name = "demo"\n' + DEMO_HEAD + SCRIPT, "name: 'demo' is not the file's name: rename the file to demo.toml"),
         ('name = "has space"\n' + DEMO_HEAD + SCRIPT, "name: use letters"),
         ("greeting = \n", "is not valid TOML"),
         (DEMO_HEAD + SCRIPT + "[turn]\nstrategy = 'vibes'\n", "turn.strategy: 'vibes' is not one of smart-turn"),

@@ -99,8 +99,10 @@ async def test_dtmf_reaches_the_agent(start_server, setup: Setup) -> None:
     result = await simulate_call(
         server.state.settings, server.url, "demo", setup.name, [Press("2")], linger_s=0.2, api_token=server.token
     )
-    said = [t["text"] for t in result.record["transcript"]]
-    assert "You pressed two. We are open from nine to five, Monday to Friday." in said
+    said = [(t["role"], t["text"]) for t in result.record["transcript"]]
+    reply = ("agent", "You pressed two. We are open from nine to five, Monday to Friday.")
+    assert reply in said
+    assert said.index(("caller", "[pressed 2]")) < said.index(reply)  # the key press, in its place
     assert result.ended_by == "caller" and result.record["status"] == "completed"
 
 

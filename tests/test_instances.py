@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 import aiohttp
 
 from tests import test_outbound
-from tests.conftest import REPO, make_settings
+from tests.conftest import copy_shipped_agents, make_settings
 from tests.test_outbound import CUSTOMER, PhoneNetwork
 from tests.test_workers import Callers, Served, active, brief_demo, opened_store, running, started, until
 
@@ -26,7 +25,7 @@ network = test_outbound.network  # the fake providers' REST APIs, as the outboun
 def _second_project(project: Path) -> Path:
     """Another machine's project folder: its own agents, state and secrets files."""
     other = project / "machine-b"
-    shutil.copytree(REPO / "agents", other / "agents")
+    copy_shipped_agents(other / "agents")
     return other
 
 

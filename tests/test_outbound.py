@@ -127,7 +127,17 @@ async def test_an_outbound_call_runs_from_dial_to_hang_up(start_server, network,
 
 @pytest.mark.parametrize(
     "number",
-    ["+1555", "15551234567", "+015551234567", " +15551234567", "+1 555 123 4567", "+1555123456789012", 5551234567],
+    [
+        "+1555",
+        "15551234567",
+        "+015551234567",
+        " +15551234567",
+        "+1 555 123 4567",
+        "+1555123456789012",
+        5551234567,
+        "+15551234567\n",  # a trailing newline
+        "+\u0661\u0665\u0665\u0665\u0661\u0662\u0663\u0664\u0665\u0666\u0667",  # Arabic-Indic digits
+    ],
 )
 async def test_a_number_not_in_e164_is_422_and_dials_nothing(start_server, network, number) -> None:
     server = await start_server(**network.env())

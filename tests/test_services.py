@@ -36,3 +36,16 @@ async def test_openai_services_share_one_http_client_per_loop(tmp_path: Path) ->
 
 def test_off_a_loop_the_sdk_builds_its_own_client() -> None:
     assert shared_http_client() is None
+
+
+def test_every_pipecat_extra_voicecli_asks_for_exists() -> None:
+    # pip warns at every install about an extra the package does not provide.
+    import tomllib
+    from importlib.metadata import metadata
+
+    from tests.conftest import REPO
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = next(d for d in dependencies if d.startswith("pipecat-ai["))
+    extras = set(wanted[wanted.index("[") + 1 : wanted.index("]")].split(","))
+    assert extras and extras <= set(metadata("pipecat-ai").get_all("Provides-Extra") or [])

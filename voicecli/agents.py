@@ -223,6 +223,11 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
     name = check.text(data, "name", "", required=False) or path.stem
     if not NAME_RE.match(name):
         raise check.fail("name", "use letters, digits, '-' or '_' (it appears in URLs)")
+    if name != path.stem:
+        # A copied file still naming its original would serve under the original's URLs.
+        raise check.fail(
+            "name", f"'{name}' is not the file's name: rename the file to {name}.toml or set name = \"{path.stem}\""
+        )
     greeting = check.text(data, "greeting", "") or ""
     system_prompt = check.text(data, "system_prompt", "", required=False) or ""
     goodbye = check.text(data, "goodbye", "", required=False)

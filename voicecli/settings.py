@@ -317,7 +317,8 @@ def load_settings(
     """
     project_dir = (project_dir or Path.cwd()).resolve()
     process_env = dict(os.environ if environ is None else environ)
-    env = {**read_dotenv(project_dir / ".env"), **{k: v for k, v in process_env.items() if v != ""}}
+    # An empty value (`PUBLIC_BASE_URL=` in .env or the environment) means "not set", never "".
+    env = {k: v for layer in (read_dotenv(project_dir / ".env"), process_env) for k, v in layer.items() if v != ""}
     if config_path is None:
         named = env.get("VOICECLI_CONFIG")
         config_path = Path(named) if named else project_dir / CONFIG_FILE

@@ -45,7 +45,7 @@ as_http_url = as_url("http", "https")
 
 def as_phone(value: Any) -> str:
     text = as_str(value)
-    if not re.fullmatch(r"\+?[0-9]{6,16}", text):
+    if not re.fullmatch(r"\+?[0-9]{6,16}", text, re.ASCII):
         raise ValueError("must be a phone number such as +15551234567")
     return text
 

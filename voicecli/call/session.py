@@ -82,7 +82,9 @@ class CallSession:
         self.forced = False
         # What the provider said became of the call, when its callback ended it.
         self.provider_status: CallStatus | None = None
-        self.line = CallLine(ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log)
+        self.line = CallLine(
+            ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log, on_key=self._key_pressed
+        )
         self.task = build_task(agent, self.line, env, self._transcript)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending: set[asyncio.Task[Any]] = set()
@@ -133,6 +135,10 @@ class CallSession:
     async def _transcript(self, role: str, text: str) -> None:
         self.log.info(f"{role}: {text}")
         await self.store.add_transcript(self.call_id, role, text)  # type: ignore[arg-type]
+
+    async def _key_pressed(self, digit: str) -> None:
+        # In the transcript as the caller's, in order with what was said.
+        await self._transcript("caller", f"[pressed {digit}]")
 
     async def _caller_gone(self, reason: str) -> None:
         self.caller_gone = True

@@ -20,6 +20,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
+    InputDTMFFrame,
     InputTransportMessageFrame,
     InterruptionFrame,
     OutputAudioRawFrame,
@@ -50,17 +51,24 @@ class CallLine:
         is_stop: Callable[[dict[str, Any]], bool],
         on_caller_gone: Callable[[str], Awaitable[None]],
         log: Any = logger,
+        on_key: Callable[[str], Awaitable[None]] | None = None,
     ):
         self.ws = ws
         self.messages = messages
         self.serializer = serializer
         self.is_stop = is_stop
         self.on_caller_gone = on_caller_gone
+        self.on_key = on_key  # a key press, for the transcript
         self.log = log
-        self.bad_messages = 0
+        self.undecodable = 0  # well-formed messages the serializer could not read
         self.audio_sent_s = 0.0
         # Monotonic time at which the caller will have heard everything sent so far.
         self.playout_end = 0.0
+
+    @property
+    def bad_messages(self) -> int:
+        """Messages skipped: junk the reader dropped (not JSON, binary, oversized) and the undecodable."""
+        return self.undecodable + getattr(self.messages, "skipped", 0)
 
     @property
     def open(self) -> bool:
@@ -147,7 +155,7 @@ class WebsocketInput(BaseInputTransport):
             try:
                 frame = await line.serializer.deserialize(text)
             except Exception as exc:  # serializers raise on malformed payloads
-                line.bad_messages += 1
+                line.undecodable += 1
                 line.log.warning(f"skipped a bad {message.get('event')!r} message: {type(exc).__name__}: {exc}")
                 continue
             if frame is None:
@@ -167,6 +175,8 @@ class WebsocketInput(BaseInputTransport):
             elif isinstance(frame, InputTransportMessageFrame):
                 await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
             else:
+                if isinstance(frame, InputDTMFFrame) and line.on_key is not None:
+                    await line.on_key(str(frame.button.value))
                 await self.push_frame(frame)
         else:
             reason = "caller hung up (stream closed)"

@@ -1,4 +1,4 @@
-"""`voicecli calls`: recent calls from the running server, and one call's transcript."""
+"""`voicecli calls`: recent calls and one call's transcript, from the running server or the store."""
 
 from __future__ import annotations
 
@@ -11,17 +11,33 @@ import typer
 if TYPE_CHECKING:
     from voicecli.settings import Settings
 
-app = typer.Typer(help="Recent calls from the running server.", no_args_is_help=False)
+app = typer.Typer(help="Recent calls: from the running server, else from the store.", no_args_is_help=False)
 
 Server = Annotated[str | None, typer.Option("--server", help="Server URL (default: the one `serve` recorded).")]
 Config = Annotated[Path | None, typer.Option("--config", help="Settings file.")]
 
 
-def _client(server: str | None, config: Path | None):  # noqa: ANN202
-    from voicecli.client import connect
-    from voicecli.settings import load_settings
+def _read(server: str | None, config: Path | None, from_server: Any, from_store: Any) -> Any:
+    """Ask the running server; with none answering (and no --server named), read the store
+    itself: the records are a local database, or the cluster's PostgreSQL."""
+    import asyncio
 
-    return connect(load_settings(config_path=config), server)
+    from voicecli.client import connect
+    from voicecli.errors import ServerNotRunningError
+    from voicecli.settings import load_settings, opened_store, store_exists
+
+    settings = load_settings(config_path=config)
+    try:
+        return from_server(connect(settings, server))
+    except ServerNotRunningError:
+        if server is not None or not store_exists(settings):
+            raise
+
+    async def read() -> Any:
+        async with opened_store(settings) as store:
+            return await from_store(store)
+
+    return asyncio.run(read())
 
 
 @app.callback(invoke_without_command=True)
@@ -48,7 +64,15 @@ def calls(
             raise typer.BadParameter("--live draws a table; for JSON use `voicecli calls --json`")
         _watch(load_settings(config_path=config), server, {"status": status, "provider": provider, "agent": agent})
         return
-    rows = _client(server, config).get("/api/calls", status=status, provider=provider, agent=agent, limit=limit)
+    from voicecli.store import views
+
+    filters = {"status": status, "provider": provider, "agent": agent}
+    rows = _read(
+        server,
+        config,
+        lambda client: client.get("/api/calls", **filters, limit=limit),
+        lambda store: views.call_rows(store, limit=limit, **filters),
+    )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -68,7 +92,18 @@ def show(
     config: Config = None,
 ) -> None:
     """One call's record and transcript."""
-    call = _client(server, config).get(f"/api/calls/{call_id}")
+    from voicecli.store import views
+
+    call = _read(
+        server,
+        config,
+        lambda client: client.get(f"/api/calls/{call_id}"),
+        lambda store: views.call_detail(store, call_id),
+    )
+    if call is None:
+        from voicecli.errors import VoicecliError
+
+        raise VoicecliError(f"no call {call_id}")
     if as_json:
         typer.echo(json.dumps(call, indent=2))
         return

@@ -138,7 +138,7 @@ class StreamMessages:
                     continue
                 try:
                     obj = json.loads(text)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
                     self.skip("message is not JSON")
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
@@ -406,9 +406,25 @@ async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Map
     return f"GET {url} answered HTTP {resp.status}" + (f": {detail}" if detail else "")
 
 
+# What reading a malformed body raises: bad bytes (UnicodeDecodeError is a ValueError), an
+# unknown charset (LookupError), bad JSON, or JSON nested past the parser's depth.
+MALFORMED_BODY = (ValueError, LookupError, RecursionError)
+
+
 async def form_params(request: web.Request) -> Mapping[str, Any]:
     """A webhook's fields: the form body of a POST, the query of a GET; 400 when undecodable."""
     try:
         return await request.post() if request.method == "POST" else request.query
-    except ValueError:  # undecodable bytes in a form body
+    except MALFORMED_BODY:
         raise WebhookRejected(400, "malformed form body") from None
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """A JSON object body; 400 when it is not one (bad bytes or charset, too deep, not an object)."""
+    try:
+        data = await request.json()
+    except MALFORMED_BODY:
+        raise WebhookRejected(400, "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise WebhookRejected(400, "the body must be a JSON object")
+    return data

@@ -31,6 +31,8 @@ from voicecli.providers.base import (
     TokenInStreamUrl,
     WebhookRejected,
     authenticated_read,
+    form_params,
+    json_object,
     row,
     text_field,
 )
@@ -129,10 +131,7 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
 
     async def read_webhook(self, request: web.Request, public_url: str) -> InboundCall:
         self._check_secret(request)
-        try:
-            params: Mapping[str, Any] = request.query if request.method == "GET" else await _body(request)
-        except ValueError:
-            raise WebhookRejected(400, "malformed request body") from None
+        params: Mapping[str, Any] = request.query if request.method == "GET" else await _body(request)
         # Exotel's applet fetch is documented loosely (protocols.md B3): a missing CallSid is
         # taken from the stream's start message instead of refusing the call.
         return InboundCall(
@@ -233,10 +232,7 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
 
     async def read_status(self, request: web.Request, public_url: str) -> StatusUpdate | None:
         self._check_secret(request)
-        try:
-            params = await _body(request)
-        except ValueError:
-            raise WebhookRejected(400, "malformed request body") from None
+        params = await _body(request)
         raw = str(params.get("Status") or params.get("CallStatus") or "").lower()
         answered = str(params.get("EventType", "")).lower() == "answered"
         status = "in-progress" if answered else STATUSES.get(raw)
@@ -256,12 +252,8 @@ def _exotel_error(text: str) -> str:
 
 
 async def _body(request: web.Request) -> Mapping[str, Any]:
-    if request.content_type == "application/json":
-        data = await request.json()
-        if not isinstance(data, dict):
-            raise ValueError("JSON body is not an object")
-        return data
-    return await request.post()
+    """Exotel posts JSON, urlencoded or multipart alike (protocols.md B5)."""
+    return await json_object(request) if request.content_type == "application/json" else await form_params(request)
 
 
 provider = ExotelProvider

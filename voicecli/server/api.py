@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from voicecli.server.state import STATE
+from voicecli.store.views import call_detail, call_rows
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,7 +35,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise web.HTTPUnprocessableEntity(
             text='{"error": "limit must be a whole number from 1 to 1000"}', content_type="application/json"
         )
@@ -48,33 +49,24 @@ async def list_calls(request: web.Request) -> web.Response:
     """
     state = request.app[STATE]
     query = request.query
-    records = await state.store.list(
+    rows = await call_rows(
+        state.store,
         limit=_limit(request),
         status=query.get("status") or None,
         provider=query.get("provider") or None,
         agent=query.get("agent") or None,
         active_only=query.get("active") in ("1", "true", "yes"),
     )
-    summaries = await state.store.transcript_summaries([record.id for record in records])
-    rows = []
-    for record in records:
-        # Added fields only (the record's own keys are unchanged): what the live table shows.
-        summary = summaries.get(record.id)
-        row = record.to_json()
-        row["turns"] = summary.turns if summary else 0
-        row["last_role"] = summary.last_role if summary else None
-        row["last_text"] = summary.last_text if summary else None
-        rows.append(row)
     return web.json_response(rows)
 
 
 async def get_call(request: web.Request) -> web.Response:
     """One call with its transcript."""
     state = request.app[STATE]
-    record = await state.store.get(request.match_info["call_id"])
-    if record is None:
+    call = await call_detail(state.store, request.match_info["call_id"])
+    if call is None:
         return web.json_response({"error": f"no call {request.match_info['call_id']}"}, status=404)
-    return web.json_response(record.to_json(await state.store.transcript(record.id)))
+    return web.json_response(call)
 
 
 async def status(request: web.Request) -> web.Response:

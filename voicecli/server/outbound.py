@@ -7,10 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
+from voicecli.providers.base import WebhookRejected, json_object
 from voicecli.server.lifecycle import CallRefused
 from voicecli.server.state import STATE
 
-E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+# [0-9], not \d (which takes any script's digits); fullmatch, not $ (which allows a trailing newline).
+E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -23,16 +25,14 @@ async def place_call(request: web.Request) -> web.Response:
     if state.calls.draining:
         return _error(503, "server is shutting down: no new calls")
     try:
-        body = await request.json()
-    except ValueError:
-        return _error(400, "the body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "the body must be a JSON object")
+        body = await json_object(request)
+    except WebhookRejected as exc:
+        return _error(exc.status, exc.reason)
     phone, agent = body.get("phone_number"), body.get("agent_name")
-    if not isinstance(phone, str) or not E164.match(phone):
+    if not isinstance(phone, str) or not E164.fullmatch(phone):
         return _error(422, "phone_number must be in E.164 form, such as +15551234567")
     from_number = body.get("from_number")
-    if from_number is not None and (not isinstance(from_number, str) or not E164.match(from_number)):
+    if from_number is not None and (not isinstance(from_number, str) or not E164.fullmatch(from_number)):
         return _error(422, "from_number must be in E.164 form, such as +15551234567")
     provider_name = body.get("provider") or state.settings.provider
     if not isinstance(provider_name, str) or not state.has_provider(provider_name):

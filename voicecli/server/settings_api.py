@@ -6,6 +6,7 @@ from aiohttp import web
 from loguru import logger
 
 from voicecli.errors import SettingsError
+from voicecli.providers.base import WebhookRejected, json_object
 from voicecli.server.state import STATE
 
 
@@ -21,10 +22,10 @@ async def put_settings(request: web.Request) -> web.Response:
     """
     state = request.app[STATE]
     try:
-        changes = await request.json()
-    except ValueError:
-        return web.json_response({"error": "the body must be JSON"}, status=400)
-    if not isinstance(changes, dict) or not changes:
+        changes = await json_object(request)
+    except WebhookRejected as exc:
+        return web.json_response({"error": exc.reason}, status=exc.status)
+    if not changes:
         return web.json_response({"error": "send a JSON object of settings to change"}, status=422)
     # One change at a time in this process; the store makes each one atomic across processes.
     async with state.settings_lock:

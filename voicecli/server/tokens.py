@@ -48,7 +48,8 @@ def verify_token(secret: bytes, token: object, provider: str, agent: str, now: f
     if not isinstance(token, str) or token.count(".") != 2 or len(token) > 200:
         return None
     call_id, expiry_text, signature = token.split(".")
-    if not expiry_text.isdigit() or int(expiry_text) < now:
+    # isascii: str.isdigit accepts "²" and other digits int() refuses.
+    if not (expiry_text.isascii() and expiry_text.isdigit()) or int(expiry_text) < now:
         return None
     expected = _sign(secret, TokenScope(call_id, provider, agent), int(expiry_text))
     if not hmac.compare_digest(signature.encode(), expected.encode()):

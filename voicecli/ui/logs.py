@@ -9,9 +9,15 @@ from loguru import logger
 FORMAT = "{time:HH:mm:ss.SSS} {level: <7} {extra[call]}{message}"
 
 
+# Control characters (a newline in a caller's number, say) are written escaped: a field a
+# webhook controls can never start a forged log line.
+_ESCAPES = {code: f"\\x{code:02x}" for code in range(32) if code != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
+
+
 def _add_call(record: dict) -> None:
     call_id = record["extra"].get("call_id")
-    record["extra"]["call"] = f"[{call_id}] " if call_id else ""
+    record["extra"]["call"] = f"[{str(call_id).translate(_ESCAPES)}] " if call_id else ""
+    record["message"] = record["message"].translate(_ESCAPES)
 
 
 def configure(level: str = "INFO") -> None:

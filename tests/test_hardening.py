@@ -1,0 +1,109 @@
+"""Bad input the internet sends once a tunnel is open: each gets a 4xx or is skipped, never a
+500, a crashed server, a deaf call or a forged log line; and what a new user hits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.processes import CLEAN_ENV, run_voicecli, serving
+from tests.test_shutdown import _wait_for_server
+from tests.wire import WireCall, agent_audio, only_call_when_ended
+from voicecli.emulator.simulator import Press, simulate_call
+from voicecli.providers import PROVIDERS
+
+DEEP = "[" * 200_000 + "]" * 200_000  # JSON nested past any parser's depth
+
+
+async def test_a_stream_token_with_a_unicode_digit_is_refused_not_a_500(start_server) -> None:
+    server = await start_server()
+    ws_url = server.url.replace("http", "ws") + "/ws/vobiz/demo?token=call_x.%C2%B2%C2%B3.c2ln"
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(ws_url)
+    assert info.value.status == 403
+
+
+async def test_api_limits_with_odd_digits_are_422(start_server) -> None:
+    server = await start_server()
+    async with aiohttp.ClientSession(headers=server.headers) as http:
+        for limit in ("²", "%D9%A3", "-1", "1e3"):
+            async with http.get(f"{server.url}/api/calls?limit={limit}") as resp:
+                assert resp.status == 422, limit
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_undecodable_webhook_bodies_are_400(start_server, provider: str) -> None:
+    server = await start_server()
+    bodies = [
+        ("application/x-www-form-urlencoded; charset=bogus", b"CallSid=CA1&From=%2B1555"),
+        ("application/x-www-form-urlencoded; charset=utf-8", b"CallSid=\xff\xfe"),
+        ("application/json", DEEP.encode()),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for path in (f"/telephony/{provider}/inbound/demo", f"/telephony/{provider}/status"):
+            for content_type, body in bodies:
+                async with http.post(server.url + path, data=body, headers={"Content-Type": content_type}) as resp:
+                    assert 400 <= resp.status < 500, (path, content_type, resp.status, await resp.text())
+        async with http.get(server.url + "/healthz") as resp:
+            assert resp.status == 200  # and the server is fine
+
+
+async def test_the_management_api_refuses_deep_json_with_400(start_server) -> None:
+    server = await start_server()
+    async with aiohttp.ClientSession(headers=server.headers) as http:
+        for path, method in (("/api/calls/outbound", "POST"), ("/api/settings/telephony", "PUT")):
+            async with http.request(
+                method, server.url + path, data=DEEP, headers={"Content-Type": "application/json"}
+            ) as resp:
+                assert resp.status == 400 and "JSON object" in (await resp.json())["error"]
+
+
+async def test_a_message_nested_past_the_parsers_depth_leaves_the_call_hearing(start_server) -> None:
+    server = await start_server()
+    async with aiohttp.ClientSession() as http:
+        wire = WireCall(server.state.settings, server.url, "twilio")
+        await wire.ring(http)
+        ws = await wire.connect(http)
+        await wire.start(ws)
+        await ws.send_str("[" * 100_000)
+        await wire.press(ws, "0")  # still heard: the agent says goodbye and hangs up
+        _, closed = await agent_audio(ws, wire.caller, 15.0)
+        assert closed
+    record = await only_call_when_ended(server.state.store)
+    assert record.status == "completed" and record.end_reason.startswith("agent ended the call")
+
+
+async def test_a_newline_in_a_callers_number_cannot_forge_a_log_line(project: Path) -> None:
+    with serving(project, CLEAN_ENV) as proc:
+        url = await _wait_for_server(project, proc)
+        forged = "00:00:00.000 INFO    forged: all calls dropped"
+        async with aiohttp.ClientSession() as http:
+            params = {"CallSid": "exo1", "CallFrom": f"+15551234\n{forged}", "CallTo": "+15559870000"}
+            async with http.get(f"{url}/telephony/exotel/inbound/demo", params=params) as resp:
+                assert resp.status == 200
+    log = (project / "serve.log").read_text()
+    assert "forged" in log  # written, escaped, on the webhook's own line
+    assert not [line for line in log.splitlines() if line.startswith(forged)]
+
+
+async def test_an_empty_variable_in_env_means_not_set(project: Path) -> None:
+    (project / ".env").write_text("PUBLIC_BASE_URL=\nTWILIO_MAX_CONCURRENT=\n")
+    code, out, err = await run_voicecli(project, "config", "get", "twilio_max_concurrent", env=CLEAN_ENV)
+    assert code == 0 and out.strip() == "10", err
+
+
+async def test_calls_reads_the_store_when_no_server_answers(project: Path, start_server) -> None:
+    server = await start_server()  # in-process: not listed in server.json, as if stopped
+    result = await simulate_call(server.state.settings, server.url, "demo", "twilio", [Press("0")], linger_s=0.2)
+    code, out, err = await run_voicecli(project, "calls", "--json", env=CLEAN_ENV)
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert row["provider_call_id"] == result.call.provider_call_id and row["turns"] >= 2
+    code, out, err = await run_voicecli(project, "calls", "show", row["id"], "--json", env=CLEAN_ENV)
+    assert code == 0 and json.loads(out)["transcript"][-1]["text"] == "Thanks for calling. Goodbye!", err
+    code, out, err = await run_voicecli(project, "calls", "show", "call_nosuch", env=CLEAN_ENV)
+    assert code == 1 and "no call call_nosuch" in err and "Traceback" not in err
