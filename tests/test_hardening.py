@@ -13,7 +13,7 @@ from tests.processes import CLEAN_ENV, run_voicecli, serving
 from tests.test_shutdown import _wait_for_server
 from tests.wire import WireCall, agent_audio, only_call_when_ended
 from voicecli.emulator.simulator import Press, simulate_call
-from voicecli.providers import PROVIDERS
+from voicecli.providers import PROVIDERS, load_api
 
 DEEP = "[" * 200_000 + "]" * 200_000  # JSON nested past any parser's depth
 
@@ -107,3 +107,56 @@ async def test_calls_reads_the_store_when_no_server_answers(project: Path, start
     assert code == 0 and json.loads(out)["transcript"][-1]["text"] == "Thanks for calling. Goodbye!", err
     code, out, err = await run_voicecli(project, "calls", "show", "call_nosuch", env=CLEAN_ENV)
     assert code == 1 and "no call call_nosuch" in err and "Traceback" not in err
+
+
+def test_urls_of_ipv6_hosts_are_bracketed() -> None:
+    from voicecli.server.tunnel import _local_addr
+    from voicecli.server.urls import http_url
+
+    assert http_url("::", 8000) == "http://[::]:8000"  # was http://:::8000
+    assert http_url("[::1]", 8000) == http_url("::1", 8000) == "http://[::1]:8000"
+    assert http_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert _local_addr("::", 8000) == "http://[::1]:8000" and _local_addr("0.0.0.0", 1) == "http://127.0.0.1:1"
+
+
+async def test_voicecli_call_waits_out_a_slow_provider_api(project: Path, start_server) -> None:
+    async with load_api("twilio") as api:
+        server = await start_server(**api.env())
+        api.stall_s = 7.0  # past the CLI's old 5 s, inside the server's 10 s for the provider
+        args = ("call", "+15551234567", "--provider", "twilio", "--server", server.url)
+        code, out, err = await run_voicecli(project, *args, env=CLEAN_ENV)
+    assert code == 0, err
+    assert "dialling +15551234567" in out and "no voicecli server answers" not in err
+    assert len(api.of_kind("dial")) == 1  # one dial: a user has nothing to retry
+
+
+async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_the_call_ends(project: Path) -> None:
+    import asyncio
+    import signal
+    import wave
+
+    from tests.test_webhooks import until
+    from voicecli.store import SQLiteCallStore
+
+    with serving(project, CLEAN_ENV) as proc:
+        url = await _wait_for_server(project, proc)
+        args = ("simulate", "--say", "What is your pricing?", "--dtmf", "0", "--out", "call.wav", "--server", url)
+        simulated = asyncio.create_task(run_voicecli(project, *args, env=CLEAN_ENV))
+
+        async def in_progress() -> bool:
+            store = SQLiteCallStore(project / ".voicecli" / "calls.db")
+            await store.open()
+            try:
+                return any(r.status == "in-progress" for r in await store.list())
+            finally:
+                await store.close()
+
+        await until(in_progress)
+        proc.send_signal(signal.SIGINT)  # drain: the call may finish, then the server is gone
+        code, out, err = await simulated
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert code == 0, err
+    # The transcript, from the server or the store: the reply, and the goodbye the drain gave.
+    assert "Our plans start at twenty dollars a month." in out and "Goodbye!" in out
+    with wave.open(str(project / "call.wav")) as wav:
+        assert wav.getnframes() > 8000 * 5

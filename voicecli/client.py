@@ -14,6 +14,9 @@ from voicecli.runtime import read_api_token, read_server
 from voicecli.settings import Settings
 
 START_HINT = "start one with: voicecli serve --agent demo"
+# A dial waits for the provider's API, which the server gives 10 s: the CLI waits longer, so
+# it reports what the server said instead of giving up on a dial that went out.
+DIAL_TIMEOUT_S = 30.0
 
 
 class ApiClient:
@@ -24,7 +27,14 @@ class ApiClient:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         url = f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
         data = json.dumps(body).encode() if body is not None else None
@@ -34,13 +44,20 @@ class ApiClient:
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
+        wait_s = timeout or self.timeout
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=wait_s) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise VoicecliError(f"{method} {path}: HTTP {exc.code}: {_reason(exc)}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+                # It answers, slowly: the request may have been done. Not "no server".
+                raise VoicecliError(
+                    f"{method} {path}: the server at {self.base_url} did not answer within {wait_s:g} s;"
+                    " it may still have done it (voicecli calls shows what it did)"
+                ) from None
             raise ServerNotRunningError(
                 f"no voicecli server answers at {self.base_url} ({reason}); {START_HINT}"
             ) from None

@@ -18,7 +18,7 @@ def call(
     config: Annotated[Path | None, typer.Option("--config", help="Settings file.")] = None,
 ) -> None:
     """Place an outbound call with an agent."""
-    from voicecli.client import choose_agent, connect, follow_call
+    from voicecli.client import DIAL_TIMEOUT_S, choose_agent, connect, follow_call
     from voicecli.settings import load_settings
     from voicecli.ui.console import stdout
     from voicecli.ui.render import call_detail
@@ -26,7 +26,8 @@ def call(
     client = connect(load_settings(config_path=config), server)
     agent = choose_agent(client.get("/api/status")["agents"], agent)
     body = {"phone_number": number, "agent_name": agent, "provider": provider, "from_number": from_number}
-    record = client.request("POST", "/api/calls/outbound", body={k: v for k, v in body.items() if v})
+    dial = {k: v for k, v in body.items() if v}
+    record = client.request("POST", "/api/calls/outbound", body=dial, timeout=DIAL_TIMEOUT_S)
     console = stdout()
     console.print(f"dialling {record['to']} from {record['from']} through {record['provider']}: call {record['id']}")
     if not wait:

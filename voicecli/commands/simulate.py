@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from voicecli.settings import Settings
 
 
 def simulate(
@@ -67,5 +70,28 @@ def simulate(
         console.print(f"wrote {result.heard_seconds:.1f}s of what the caller heard to {out}")
     ended = "the agent hung up" if result.ended_by == "agent" else "the caller (this emulator) hung up"
     console.print(f"call ended: {ended}; {result.sent_messages} messages sent")
-    if result.record:
-        console.print(call_detail(result.record))
+    record = result.record or (
+        _stored_record(settings, provider, result.call.provider_call_id) if result.record_error else None
+    )
+    if record:
+        console.print(call_detail(record))
+    elif result.record_error:
+        console.print(f"the call's record could not be read: the server stopped ({result.record_error})")
+
+
+def _stored_record(settings: Settings, provider: str, provider_call_id: str) -> dict[str, Any] | None:
+    """The call's record from the store, when the server stopped before it could be asked."""
+    import asyncio
+
+    from voicecli.settings import opened_store, store_exists
+    from voicecli.store import views
+
+    if not store_exists(settings):
+        return None
+
+    async def read() -> dict[str, Any] | None:
+        async with opened_store(settings) as store:
+            record = await store.find_by_provider_call_id(provider, provider_call_id)
+            return await views.call_detail(store, record.id) if record else None
+
+    return asyncio.run(read())

@@ -42,6 +42,7 @@ class ProviderApi(ABC):
         self.requests: list[dict[str, Any]] = []
         self.refuse_with: int | None = None  # answer dials and hang-ups with this status
         self.on_dial: OnDial | None = None
+        self.stall_s = 0.0  # answer every request this much later (a provider's API that hangs)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -76,6 +77,10 @@ class ProviderApi(ABC):
     # --- what handlers share -------------------------------------------------------------
     async def keep(self, request: web.Request, kind: str) -> dict[str, Any]:
         """Record a request: kind (dial, hangup, account, number, ...), its headers and fields."""
+        if self.stall_s:
+            import asyncio
+
+            await asyncio.sleep(self.stall_s)
         if request.content_type == "application/json" and request.can_read_body:
             try:
                 fields = await request.json()

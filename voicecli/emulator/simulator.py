@@ -56,6 +56,7 @@ class SimResult:
     sent_messages: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)  # every message the server sent
     record: dict[str, Any] | None = None
+    record_error: str | None = None  # why the server's record could not be read after the call
     # A dialled call: the HTTP status the server gave the provider's final status callback.
     status_callback: int | None = None
 
@@ -255,7 +256,11 @@ async def _run(
             if after is not None:
                 await after(http, result)
             if api_token:
-                result.record = await fetch_record(http, server_url, api_token, provider, call.provider_call_id)
+                try:
+                    result.record = await fetch_record(http, server_url, api_token, provider, call.provider_call_id)
+                except (aiohttp.ClientError, OSError) as exc:
+                    # The server stopped as the call ended: the call itself is done and kept.
+                    result.record_error = f"{type(exc).__name__}: {exc}"
             return result
         except WebhookRejected as exc:
             raise VoicecliError(f"the server refused the call: HTTP {exc.status}: {exc.reason}") from None

@@ -16,6 +16,7 @@ from loguru import logger
 from voicecli.runtime import ServerInfo, forget_server, record_server
 from voicecli.server import api, outbound, settings_api, telephony
 from voicecli.server.state import STATE, ServerState
+from voicecli.server.urls import http_url
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -95,7 +96,7 @@ async def serve(
 
         raise VoicecliError(f"cannot listen on {host}:{port}: {exc.strerror}. Try --port.") from None
     bound_port = runner.addresses[0][1] if runner.addresses else port
-    url = f"http://{host}:{bound_port}"
+    url = http_url(host, bound_port)
     state_dir = state.settings.state_dir
     # Only a server that got its port joins the list the CLI reads.
     if record:

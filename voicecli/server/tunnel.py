@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from voicecli.errors import VoicecliError
 from voicecli.runtime import write_private
-from voicecli.server.urls import webhook_url
+from voicecli.server.urls import http_url, webhook_url
 
 if TYPE_CHECKING:
     from voicecli.settings import Settings
@@ -70,11 +70,9 @@ def _local_addr(host: str, port: int) -> str:
     # A wildcard bind is reached through loopback; the agent must dial a real address.
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
-    elif host == "::":
-        host = "[::1]"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    elif host.strip("[]") == "::":
+        host = "::1"
+    return http_url(host, port)
 
 
 def _pyngrok_config(settings: Settings) -> Any:

@@ -51,3 +51,9 @@ def hide_password(url: Any) -> Any:
     else:
         shown = parts.query
     return urlunsplit((parts.scheme, netloc, parts.path, shown, parts.fragment))
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets (`serve --host ::` is http://[::]:8000)."""
+    host = host.strip("[]")
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -27,6 +27,7 @@ from loguru import logger
 
 from voicecli.errors import VoicecliError
 from voicecli.runtime import ServerInfo, forget_server, record_server
+from voicecli.server.urls import http_url
 
 if TYPE_CHECKING:
     from voicecli.server.state import ServerState
@@ -309,7 +310,7 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
         # Start-up recovery, once for every worker (they start with recover=False).
         if ended := await state.membership.sweep():
             logger.warning(f"{ended} call(s) left open by a server that was killed: marked interrupted")
-        url = f"http://{plan.host}:{sockets[0].getsockname()[1]}"
+        url = http_url(plan.host, sockets[0].getsockname()[1])
         await on_started(url)
         supervisor = Supervisor(state, store, plan, sockets, worker_flags(state.settings))
         loop = asyncio.get_running_loop()
