@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (  # noqa: E402
+from bench.common import (
     BENCH_DIR,
     CLIENT_CPU,
     PYTHON,
@@ -321,7 +321,7 @@ def through_server(env: dict[str, str], fake_openai: str, args: argparse.Namespa
     import urllib.request
 
     twilio_port, port = free_port(), free_port()
-    log = open(logs / f"admission_{env.get('VOICECLI_DATABASE_URL') and 'postgres' or 'sqlite'}.log", "w")  # noqa: SIM115
+    log = open(logs / f"admission_{env.get('VOICECLI_DATABASE_URL') and 'postgres' or 'sqlite'}.log", "w")
     fake = subprocess.Popen(
         [PYTHON, __file__, "--fake-twilio", str(twilio_port)],
         stdout=log,

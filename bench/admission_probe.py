@@ -78,7 +78,7 @@ def install(app: web.Application) -> None:
         _lag_ms.clear()
         return web.json_response({"ok": True})
 
-    async def lag_sampler(app: web.Application):  # noqa: ANN202
+    async def lag_sampler(app: web.Application):
         import asyncio
 
         task = asyncio.create_task(_sample_lag())

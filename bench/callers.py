@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_seconds, pct, pin  # noqa: E402
+from bench.common import cpu_seconds, pct, pin
 
 RATE = 8000
 FRAME_S = 0.02

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import sides  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench import sides
+from bench.common import (
     BENCH_DIR,
     CLIENT_CPU,
     PYTHON,
@@ -41,7 +41,7 @@ from bench.common import (  # noqa: E402
     tree_rss_mb,
     wait_http,
 )
-from bench.search import capacity_search  # noqa: E402
+from bench.search import capacity_search
 
 LATENESS_BAR_MS = 40.0
 SERVERS = tuple(sides.SIDES)
@@ -54,7 +54,7 @@ class FakeOpenAI:
 
     def __init__(self, logs: Path):
         self.port = free_port()
-        self.log = open(logs / "fake_openai.log", "w")  # noqa: SIM115
+        self.log = open(logs / "fake_openai.log", "w")
         self.proc = subprocess.Popen(
             [PYTHON, str(BENCH_DIR / "fake_openai.py"), "--port", str(self.port), "--cpu", str(CLIENT_CPU)],
             stdout=self.log,
@@ -82,7 +82,7 @@ def _cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
 
 def run_one(server: str, n: int, fake: FakeOpenAI, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """One server (a fresh process, or supervisor and workers), N calls: the figures for that N."""
-    log = open(logs / f"{server}_{n}.log", "w")  # noqa: SIM115
+    log = open(logs / f"{server}_{n}.log", "w")
     try:
         srv = sides.start(server, free_port(), fake.base_url, log, args.log_level)
     except BaseException:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = run_one(server, n, fake, args, logs)
         except sides.SideUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - a side that cannot run fails this N; the others go on
+        except Exception as exc:  # a side that cannot run fails this N; the others go on
             row = failed_row(server, n, f"{type(exc).__name__}: {exc}")
         rows.append(row)
         print(_progress(row), flush=True)

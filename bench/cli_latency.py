@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BENCH_DIR, PYTHON, VOICECLI, fmt, serve_demo_command, stop, table  # noqa: E402
+from bench.common import BENCH_DIR, PYTHON, VOICECLI, fmt, serve_demo_command, stop, table
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:

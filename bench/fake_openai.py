@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import pin  # noqa: E402
+from bench.common import pin
 
 TRANSCRIPT = "I would like to know about your pricing."
 REPLY = "Our plans start at twenty dollars a month, and you can cancel at any time."

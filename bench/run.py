@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import admission, capacity, cli_latency, turn_latency, webhook  # noqa: E402
-from bench.common import BENCH_DIR, fmt, table  # noqa: E402
-from bench.sides import SIDES  # noqa: E402
+from bench import admission, capacity, cli_latency, turn_latency, webhook
+from bench.common import BENCH_DIR, fmt, table
+from bench.sides import SIDES
 
 SECTIONS = ("capacity", "admission", "cli", "webhook", "turn")
 
@@ -47,7 +47,7 @@ def main() -> None:
         # One failing section must not cost the others' figures.
         try:
             report[name] = fn(argv)
-        except Exception:  # noqa: BLE001
+        except Exception:
             traceback.print_exc()
             report.setdefault("errors", []).append(name)
         print(flush=True)

@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import pin  # noqa: E402
+from bench.common import pin
 
 GREETING = "Hello, thanks for calling. How can I help you today?"
 SYSTEM_PROMPT = "You are a test agent on a phone call. Answer in one short sentence."
 
 
-def make_app(fake_url: str, port: int, with_probe: bool):  # noqa: ANN201
+def make_app(fake_url: str, port: int, with_probe: bool):
     from fastapi import FastAPI, WebSocket
     from fastapi.responses import HTMLResponse, JSONResponse
     from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -72,11 +72,11 @@ def make_app(fake_url: str, port: int, with_probe: bool):  # noqa: ANN201
         task = PipelineWorker(pipeline, params=PipelineParams(audio_in_sample_rate=8000, audio_out_sample_rate=8000))
 
         @transport.event_handler("on_client_connected")
-        async def on_client_connected(transport, client):  # noqa: ANN001, ANN202
+        async def on_client_connected(transport, client):
             await task.queue_frames([TTSSpeakFrame(GREETING)])
 
         @transport.event_handler("on_client_disconnected")
-        async def on_client_disconnected(transport, client):  # noqa: ANN001, ANN202
+        async def on_client_disconnected(transport, client):
             await task.cancel()
 
         runner = WorkerRunner(handle_sigint=False, force_gc=True)

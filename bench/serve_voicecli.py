@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import pin  # noqa: E402
+from bench.common import pin
 
 AGENT = """\
 name = "bench"
@@ -146,7 +146,7 @@ def _committed_media_path() -> None:
     voicecli.call.models.SharedSileroVAD.analyze_audio = VADAnalyzer.analyze_audio
 
 
-def _probe_routes(app, probe) -> None:  # noqa: ANN001
+def _probe_routes(app, probe) -> None:
     from aiohttp import web
 
     async def read(request: web.Request) -> web.Response:
@@ -165,7 +165,7 @@ def _probe_routes(app, probe) -> None:  # noqa: ANN001
     app.router.add_post("/bench/probe/reset", reset)
 
 
-async def _serve(app, port: int, slow_callback_ms: float | None) -> None:  # noqa: ANN001
+async def _serve(app, port: int, slow_callback_ms: float | None) -> None:
     import asyncio
     import logging
     import signal

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (  # noqa: E402
+from bench.common import (
     BENCH_DIR,
     CLIENT_CPU,
     PYTHON,
@@ -67,7 +67,7 @@ def measure(args: argparse.Namespace, logs: Path, voice: str, say: list[str], co
 
     seconds = args.seconds or LEAD_S + count * (SPEECH_S + SILENCE_S)
     port = free_port()
-    log = open(logs / f"server-{voice}.log", "w")  # noqa: SIM115
+    log = open(logs / f"server-{voice}.log", "w")
     proc = subprocess.Popen(
         [
             PYTHON,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (  # noqa: E402
+from bench.common import (
     CLIENT_CPU,
     PYTHON,
     SERVER_CPU,

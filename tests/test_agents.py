@@ -120,3 +120,12 @@ def test_services_do_not_import_agents() -> None:
     code = "import sys, voicecli.services.factories; print('voicecli.agents' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_an_openai_compatible_server_needs_no_openai_key(tmp_path: Path) -> None:
+    path = tmp_path / "local.toml"
+    llm = '[llm]\nprovider = "openai"\nbase_url = "http://127.0.0.1:11434/v1"\n'
+    path.write_text('system_prompt = "Be brief."\n' + DEMO_HEAD + llm)
+    agent = load_agent(path)
+    assert agent.missing_keys({}) == []  # Ollama, vLLM: base_url makes OPENAI_API_KEY optional
+    assert agent.llm.options == {"base_url": "http://127.0.0.1:11434/v1"}

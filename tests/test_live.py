@@ -120,7 +120,7 @@ def duration_of(out: str, call_id: str) -> int:
     return int(minutes) * 60 + int(seconds)
 
 
-async def wait_until(predicate, seconds: float = 15.0) -> None:  # noqa: ANN001
+async def wait_until(predicate, seconds: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "timed out"

@@ -56,7 +56,7 @@ async def _records(project: Path) -> list:
 
 async def _until_ended(project: Path, within_s: float = 10.0) -> None:
     deadline = time.monotonic() + within_s
-    while (await _records(project))[0].ended_at is None:  # noqa: ASYNC110 (another process writes it)
+    while (await _records(project))[0].ended_at is None:  # another process writes it
         assert time.monotonic() < deadline, "the call did not end"
         await asyncio.sleep(0.1)
 

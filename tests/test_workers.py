@@ -150,7 +150,7 @@ async def admitted(http: aiohttp.ClientSession, wire: WireCall) -> aiohttp.Clien
     return None
 
 
-async def until(check, within_s: float, what: str) -> float:  # noqa: ANN001 (an async predicate)
+async def until(check, within_s: float, what: str) -> float:  # an async predicate
     """Poll `check()` until true; the seconds it took."""
     began = time.monotonic()
     while not await check():

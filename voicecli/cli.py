@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from typer.core import TyperGroup
 
@@ -13,7 +15,7 @@ from voicecli.errors import VoicecliError
 class _Group(TyperGroup):
     """Turns VoicecliError into one red line and exit status 1, for every command."""
 
-    def invoke(self, ctx):  # noqa: ANN001, ANN201
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored click) Context
         try:
             return super().invoke(ctx)
         except VoicecliError as exc:

@@ -21,7 +21,7 @@ _TARGET = "voicecli.server.app"
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+    def find_spec(self, name, path, target=None):
         if name != _TARGET:
             return None
         sys.meta_path.remove(self)
@@ -30,7 +30,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_and_patch(module):  # noqa: ANN001, ANN202
+        def exec_and_patch(module):
             exec_module(module)
             _wrap_create_app(module)
 
@@ -38,10 +38,10 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _wrap_create_app(server) -> None:  # noqa: ANN001
+def _wrap_create_app(server) -> None:
     create_app = server.create_app
 
-    def probed_create_app(state):  # noqa: ANN001, ANN202
+    def probed_create_app(state):
         app = create_app(state)
         _install(app)
         return app
@@ -49,7 +49,7 @@ def _wrap_create_app(server) -> None:  # noqa: ANN001
     server.create_app = probed_create_app
 
 
-def _install(app) -> None:  # noqa: ANN001
+def _install(app) -> None:
     import asyncio
     import json
     import threading
@@ -70,7 +70,7 @@ def _install(app) -> None:  # noqa: ANN001
         return {"ok": True}
 
     class Handler(BaseHTTPRequestHandler):
-        def _answer(self, coro) -> None:  # noqa: ANN001
+        def _answer(self, coro) -> None:
             # Read the probe's arrays on the event loop's own thread: never mid-append.
             body = json.dumps(asyncio.run_coroutine_threadsafe(coro, loop_box[0]).result(30)).encode()
             self.send_response(200)
@@ -79,17 +79,17 @@ def _install(app) -> None:  # noqa: ANN001
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             query = parse_qs(urlsplit(self.path).query)
             self._answer(snapshot(float(query["since"][0]), float(query["until"][0])))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._answer(reset())
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
-    async def started(app) -> None:  # noqa: ANN001
+    async def started(app) -> None:
         loop_box.append(asyncio.get_running_loop())
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, name="bench-probe", daemon=True).start()

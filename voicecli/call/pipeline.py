@@ -98,7 +98,7 @@ def build_task(
     llm = create_service("llm", agent.llm, env)
     tts = create_service("tts", agent.tts, env)
 
-    messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+    messages: list[Any] = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     context = LLMContext(messages)
     strategies = UserTurnStrategies(stop=[turn_stop_strategy(agent.turn)])
     aggregators = LLMContextAggregatorPair(

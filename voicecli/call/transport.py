@@ -106,26 +106,26 @@ class CallLine:
 class WebsocketInput(BaseInputTransport):
     """Reads provider messages, turns them into frames, and notices the caller leaving."""
 
-    def __init__(self, line: CallLine, params: TransportParams, **kwargs):
+    def __init__(self, line: CallLine, params: TransportParams, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._line = line
         self._receive_task: asyncio.Task | None = None
 
-    async def setup(self, setup: FrameProcessorSetup):
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]  # pipecat's own mismatch
         await super().setup(setup)
         await self._line.serializer.setup(setup)
 
-    async def start(self, frame: StartFrame):
+    async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         if not self._receive_task:
             self._receive_task = self.create_task(self._receive())
         await self.set_transport_ready(frame)
 
-    async def stop(self, frame: EndFrame):
+    async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
         await self._stop_receiving()
 
-    async def cancel(self, frame: CancelFrame):
+    async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
         await self._stop_receiving()
 
@@ -186,39 +186,39 @@ class WebsocketInput(BaseInputTransport):
 class WebsocketOutput(BaseOutputTransport):
     """Serializes the pipeline's audio and control frames onto the socket, paced."""
 
-    def __init__(self, line: CallLine, params: TransportParams, **kwargs):
+    def __init__(self, line: CallLine, params: TransportParams, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._line = line
         self._send_interval = 0.0
         self._next_send_time = 0.0
 
-    async def setup(self, setup: FrameProcessorSetup):
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]  # pipecat's own mismatch
         await super().setup(setup)
         await self._line.serializer.setup(setup)
 
-    async def start(self, frame: StartFrame):
+    async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         # Send at twice real time, as pipecat's own transports do: the provider buffers,
         # and barge-in (`clear`) discards what is buffered.
         self._send_interval = (self.audio_chunk_size / self.sample_rate) / 2
         await self.set_transport_ready(frame)
 
-    async def stop(self, frame: EndFrame):
+    async def stop(self, frame: EndFrame) -> None:
         await super().stop(frame)
         await self._write_frame(frame)
 
-    async def cancel(self, frame: CancelFrame):
+    async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
         await self._write_frame(frame)
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
             await self._write_frame(frame)
             self._next_send_time = 0.0
             self._line.playout_end = time.monotonic()
 
-    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         # The end of an utterance: a serializer that buffers audio into provider-sized
         # messages (Exotel's 320-byte rule) sends its padded tail now, not with the next one.
         if isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
@@ -227,7 +227,7 @@ class WebsocketOutput(BaseOutputTransport):
                 await self._line.send(payload)
         await super().push_frame(frame, direction)
 
-    async def send_message(self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame):
+    async def send_message(self, frame: OutputTransportMessageFrame | OutputTransportMessageUrgentFrame) -> None:
         await self._write_frame(frame)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:

@@ -66,12 +66,11 @@ def calls(
         return
     from voicecli.store import views
 
-    filters = {"status": status, "provider": provider, "agent": agent}
     rows = _read(
         server,
         config,
-        lambda client: client.get("/api/calls", **filters, limit=limit),
-        lambda store: views.call_rows(store, limit=limit, **filters),
+        lambda client: client.get("/api/calls", status=status, provider=provider, agent=agent, limit=limit),
+        lambda store: views.call_rows(store, limit=limit, status=status, provider=provider, agent=agent),
     )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -130,12 +129,12 @@ def _watch(settings: Settings, server: str | None, filters: dict[str, str | None
     from voicecli.ui.render import live_view
 
     feed = LiveFeed(settings, server, filters)
+    calls: list[dict[str, Any]] = []
+    status: dict[str, Any] | None = None
     if not sys.stdout.isatty():
         calls, status = feed.poll()  # a script wants an answer or an error, not a retry loop
         stdout().print(live_view(calls, status, datetime.now(UTC)))
         return
-    calls: list[dict[str, Any]] = []
-    status: dict[str, Any] | None = None
     problem: str | None = None
 
     def screen() -> Any:

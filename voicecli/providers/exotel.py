@@ -192,7 +192,7 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
         return hmac.compare_digest(given.encode(), configured.encode())
 
     def _auth(self) -> dict[str, str]:
-        return {"Authorization": _basic_auth(self.config.api_key, self.config.api_token)}
+        return {"Authorization": _basic_auth(self.config.api_key or "", self.config.api_token or "")}
 
     async def check_account(self, http: aiohttp.ClientSession) -> str | None:
         url = f"{self.config.api_base}/v1/Accounts/{self.config.account_sid}"

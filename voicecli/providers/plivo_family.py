@@ -227,7 +227,7 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
                 token=query.get(self.token_param),
                 from_number=query.get("from") or None,
                 to_number=query.get("to") or None,
-                direction=direction if direction in ("inbound", "outbound") else None,
+                direction="inbound" if direction == "inbound" else "outbound" if direction == "outbound" else None,
             )
         raise WebhookRejected(400, "stream closed before its start message")
 

@@ -140,7 +140,8 @@ class Membership:
             await self.store.wait_for_events(self._poll_s)
 
     def _lapsed(self) -> None:
-        asyncio.create_task(self._rejoin())
+        # Kept with the others: an unreferenced task may be collected mid-run, and stop cancels it.
+        self._tasks.append(asyncio.create_task(self._rejoin()))
 
     async def _rejoin(self) -> None:
         outcome = self.on_lapse()

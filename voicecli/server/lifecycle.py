@@ -427,9 +427,10 @@ class CallOwner:
         """Read `start` by the deadline, check the proof, take the slot, claim the record."""
         name = provider.name
 
-        async def refuse(code: WSCloseCode, reason: str) -> None:
+        async def refuse(code: WSCloseCode, reason: str) -> tuple[LiveCall, StreamStart] | None:
             logger.warning(f"{name} stream refused: {reason}")
             await self._close(ws, code, reason)
+            return None
 
         try:
             start = await asyncio.wait_for(provider.open_stream(request, messages), deadline - time.monotonic())

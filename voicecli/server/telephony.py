@@ -66,7 +66,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         return refusal(exc)
 
 
-async def status_callback(request: web.Request) -> web.Response:
+async def status_callback(request: web.Request) -> web.StreamResponse:
     """A provider reports what became of a call (answered, busy, hung up...)."""
     state = request.app[STATE]
     name = provider_name(request)

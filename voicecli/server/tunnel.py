@@ -152,11 +152,14 @@ async def announce_webhooks(settings: Settings, agent: str) -> list[str]:
     from voicecli.providers import PROVIDERS, load_provider
     from voicecli.providers.base import PointsNumbers
 
+    public = settings.public_base_url
+    if not public:
+        raise VoicecliError("--update-webhook needs a public URL: use --tunnel or set PUBLIC_BASE_URL")
     lines = []
     for name in PROVIDERS:
         provider = load_provider(name, settings)
         done = None
         if isinstance(provider, PointsNumbers):
-            done = await provider.point_number(webhook_url(settings.public_base_url, name, agent))
-        lines.append(done or provider.paste_instructions(settings.public_base_url, agent))
+            done = await provider.point_number(webhook_url(public, name, agent))
+        lines.append(done or provider.paste_instructions(public, agent))
     return lines

@@ -39,13 +39,13 @@ class ServiceSpec:
     factory: str
     options: Mapping[str, Option]
     keys: tuple[str, ...] = ()
-    # Parsed even when absent (the parser says what is missing).
-    required: frozenset[str] = field(default_factory=frozenset)
     # With this option set (an OpenAI-compatible server), the keys become optional.
     keys_optional_with: str | None = None
     offline: bool = False
     # An LLM that reads InputDTMFFrame itself; others hear key presses as "DTMF: 1" text.
     reads_dtmf: bool = False
+    # Parsed even when absent (the parser says what is missing).
+    required: frozenset[str] = field(default_factory=frozenset)
 
     def parse(self, table: Mapping[str, Any]) -> dict[str, Any]:
         """The table's options, parsed; OptionError(problem, key + where) for the first bad one."""

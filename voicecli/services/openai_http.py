@@ -21,7 +21,10 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.We
 
 def shared_http_client() -> Any:
     """The running loop's shared httpx client (pipecat's LLM pool limits); None off a loop."""
-    import httpx
+    try:  # the library the openai SDK builds its clients on: httpx2 since 3.x, httpx before
+        from httpx2 import Limits
+    except ImportError:
+        from httpx import Limits  # type: ignore[assignment]
 
     try:
         loop = asyncio.get_running_loop()
@@ -29,7 +32,7 @@ def shared_http_client() -> Any:
         return None
     client = _clients.get(loop)
     if client is None:
-        limits = httpx.Limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
+        limits = Limits(max_keepalive_connections=100, max_connections=1000, keepalive_expiry=None)
         client = _clients[loop] = DefaultAsyncHttpxClient(limits=limits)
     return client
 
@@ -38,8 +41,14 @@ class SharedClientOpenAILLMService(OpenAILLMService):
     """pipecat's OpenAI LLM, on the shared client (it ignores an `http_client` argument)."""
 
     def create_client(
-        self, api_key=None, base_url=None, organization=None, project=None, default_headers=None, **kwargs
-    ):  # pipecat's signature, untyped there
+        self,
+        api_key: Any = None,
+        base_url: Any = None,
+        organization: Any = None,
+        project: Any = None,
+        default_headers: Any = None,
+        **kwargs: Any,
+    ) -> AsyncOpenAI:  # pipecat's signature, untyped there
         return AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,

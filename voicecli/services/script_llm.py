@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from pipecat.frames.frames import (
     EndWorkerFrame,
@@ -44,14 +45,14 @@ def _last_user_text(frame: LLMContextFrame) -> str:
 class ScriptLLMService(FrameProcessor):
     """Answers each user turn and key press with the first matching rule's reply."""
 
-    def __init__(self, rules: Sequence[ScriptRule], fallback: str, **kwargs):
+    def __init__(self, rules: Sequence[ScriptRule], fallback: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rules = list(rules)
         self._fallback = fallback
         self._dtmf = {rule.dtmf: rule for rule in rules if rule.dtmf}
         self._ending = False
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection):
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
             if not getattr(frame, "speculation", False):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 FORMAT = "{time:HH:mm:ss.SSS} {level: <7} {extra[call]}{message}"
 
@@ -14,7 +18,7 @@ FORMAT = "{time:HH:mm:ss.SSS} {level: <7} {extra[call]}{message}"
 _ESCAPES = {code: f"\\x{code:02x}" for code in range(32) if code != 9} | {10: "\\n", 13: "\\r", 127: "\\x7f"}
 
 
-def _add_call(record: dict) -> None:
+def _add_call(record: Record) -> None:
     call_id = record["extra"].get("call_id")
     record["extra"]["call"] = f"[{str(call_id).translate(_ESCAPES)}] " if call_id else ""
     record["message"] = record["message"].translate(_ESCAPES)
