@@ -160,3 +160,21 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
     assert "Our plans start at twenty dollars a month." in out and "Goodbye!" in out
     with wave.open(str(project / "call.wav")) as wav:
         assert wav.getnframes() > 8000 * 5
+
+
+async def test_the_banners_try_a_call_hint_runs_as_printed(project: Path) -> None:
+    import asyncio
+    import re
+
+    with serving(project, CLEAN_ENV) as proc:
+        await _wait_for_server(project, proc)
+        banner = (project / "serve.log").read_text()
+        hint = re.search(r"Try a call: (.+)$", banner, re.M)
+        assert hint, banner
+        # As a user pastes it, in the project folder, with no venv activated.
+        shell = await asyncio.create_subprocess_shell(
+            hint.group(1), cwd=project, env=CLEAN_ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(shell.communicate(), 120)
+    assert shell.returncode == 0, err.decode()
+    assert "call ended" in out.decode()

@@ -64,5 +64,30 @@ def print_banner(state: ServerState, local_url: str, tunnel: str | None = None, 
     token_file = settings.state_dir / API_TOKEN_FILE
     where = "VOICECLI_API_TOKEN" if settings.env.get("VOICECLI_API_TOKEN") else str(token_file)
     console.print(f"API token: kept in {where}")
-    console.print('Watch calls: voicecli calls --live    Try a call: voicecli simulate --say "pricing"')
-    console.print("Check the setup: voicecli doctor")
+    cli = cli_command()
+    console.print(f'Watch calls: {cli} calls --live    Try a call: {cli} simulate --say "pricing"', soft_wrap=True)
+    console.print(f"Check the setup: {cli} doctor", soft_wrap=True)
+
+
+def cli_command() -> str:
+    """voicecli as this process was started, so a printed hint runs as is: `voicecli` when
+    that is what the shell finds, else the path used (`.venv/bin/voicecli`, the quick start's
+    venv never activated) or `python -m voicecli`."""
+    import os
+    import shlex
+    import shutil
+    import sys
+    from pathlib import Path
+
+    def short(path: str) -> str:
+        relative = os.path.relpath(path)
+        return shlex.quote(relative if len(relative) < len(path) else path)
+
+    started = Path(sys.argv[0])
+    if started.name == "__main__.py":  # python -m voicecli
+        return f"{short(sys.executable)} -m voicecli"
+    on_path = shutil.which("voicecli")
+    if on_path and Path(on_path).resolve() == started.resolve():
+        return "voicecli"
+    command = short(str(started.resolve()))
+    return command if "/" in command else f"./{command}"
