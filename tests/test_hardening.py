@@ -178,3 +178,30 @@ async def test_the_banners_try_a_call_hint_runs_as_printed(project: Path) -> Non
         out, err = await asyncio.wait_for(shell.communicate(), 120)
     assert shell.returncode == 0, err.decode()
     assert "call ended" in out.decode()
+
+
+async def test_a_stream_that_floods_is_cut_and_another_call_goes_on(start_server) -> None:
+    import asyncio
+
+    server = await start_server()
+    async with aiohttp.ClientSession() as http:
+        flood = WireCall(server.state.settings, server.url, "twilio")
+        await flood.ring(http)
+        ws = await flood.connect(http)
+        await flood.start(ws)
+        other = asyncio.create_task(
+            simulate_call(server.state.settings, server.url, "demo", "vobiz", [Press("0")], linger_s=0.2)
+        )
+        silence = json.dumps(flood.caller.media(flood.call, b"\x00" * 320, 5))
+        for _ in range(5_000):  # as fast as the socket takes them: 100 times a provider's rate
+            if ws.closed:
+                break
+            await ws.send_str(silence)
+        _, closed = await agent_audio(ws, flood.caller, 10.0)
+        assert closed  # the flooding stream was ended
+        result = await other
+    assert result.ended_by == "agent"  # the other call went on to its goodbye
+    records = {r.provider: r for r in await server.state.store.list()}
+    assert "far more than any provider does" in (records["twilio"].end_reason or "")
+    assert records["vobiz"].status == "completed"
+    assert server.state.limiter.in_use("twilio") == 0

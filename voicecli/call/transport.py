@@ -175,11 +175,13 @@ class WebsocketInput(BaseInputTransport):
             elif isinstance(frame, InputTransportMessageFrame):
                 await self.broadcast_frame(InputTransportMessageFrame, message=frame.message)
             else:
-                if isinstance(frame, InputDTMFFrame) and line.on_key is not None:
-                    await line.on_key(str(frame.button.value))
                 await self.push_frame(frame)
+                if isinstance(frame, InputDTMFFrame) and line.on_key is not None:
+                    # After the push: the key reaches the agent first, the transcript a moment later.
+                    await line.on_key(str(frame.button.value))
         else:
-            reason = "caller hung up (stream closed)"
+            # The reader ends a stream that floods it (providers/base.py); else the caller went.
+            reason = getattr(line.messages, "refused", None) or "caller hung up (stream closed)"
         await line.on_caller_gone(reason)
 
 

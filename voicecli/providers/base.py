@@ -15,6 +15,7 @@ lives in `voicecli.emulator`.
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -109,11 +110,37 @@ class StreamStart:
     accepted_without_token: bool = False
 
 
+class Budget:
+    """A token bucket: `rate` a second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst, self.level = rate, burst, burst
+        self.at = time.monotonic()
+
+    def take(self, amount: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level < amount:
+            return False
+        self.level -= amount
+        return True
+
+
+# What one stream may send. Providers send 10 to 50 messages a second of up to ~2.5 KB each
+# (Twilio's 20 ms, Exotel's 100 ms frames): four times that, with a few seconds' burst.
+STREAM_MESSAGES_PER_S = 200.0
+STREAM_BYTES_PER_S = 128 * 1024.0
+# Past the budget messages are dropped (the parsing is what a flood would cost every other
+# call); this many dropped and the stream is closed: no provider sends like that.
+MAX_DROPPED = 500
+
+
 class StreamMessages:
     """Reads JSON objects from a media WebSocket, skipping (and counting) anything else.
 
     The provider's first messages are read through this before the pipeline starts, and
-    the transport keeps using it, so junk is handled the same way everywhere.
+    the transport keeps using it, so junk and floods are handled the same way everywhere.
     """
 
     def __init__(self, ws: web.WebSocketResponse, max_size: int):
@@ -121,35 +148,55 @@ class StreamMessages:
         self.max_size = max_size
         self.skipped = 0
         self.last_skip_reason = ""
+        self.dropped = 0  # over the budget
+        self.refused: str | None = None  # why the stream was ended from this side, if it was
+        self._messages = Budget(STREAM_MESSAGES_PER_S, 4 * STREAM_MESSAGES_PER_S)
+        self._bytes = Budget(STREAM_BYTES_PER_S, 4 * STREAM_BYTES_PER_S)
 
     def skip(self, reason: str) -> None:
         self.skipped += 1
         self.last_skip_reason = reason
 
-    async def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Yield (raw text, parsed object) for each well-formed JSON object message."""
+    def __aiter__(self) -> StreamMessages:
+        return self
+
+    async def __anext__(self) -> tuple[str, dict[str, Any]]:
+        """The next (raw text, parsed object) well-formed JSON object message."""
         from aiohttp import WSMsgType
 
-        async for msg in self.ws:
-            if msg.type == WSMsgType.TEXT:
-                text: str = msg.data
-                if len(text) > self.max_size:
-                    self.skip(f"oversized message ({len(text)} bytes)")
-                    continue
-                try:
-                    obj = json.loads(text)
-                except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-                    self.skip("message is not JSON")
-                    continue
-                if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
-                    self.skip("message is not a JSON object with an 'event'")
-                    continue
-                yield text, obj
-            elif msg.type == WSMsgType.BINARY:
-                self.skip("binary frame")
-            elif msg.type == WSMsgType.ERROR:
+        while self.refused is None:
+            msg = await self.ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
+            if msg.type == WSMsgType.ERROR:
                 self.skip(f"websocket error: {self.ws.exception()}")
-                return
+                break
+            size = len(msg.data) if isinstance(msg.data, str | bytes) else 0
+            if not (self._messages.take() and self._bytes.take(size)):
+                self.dropped += 1
+                self.skip("over the stream's message budget")
+                if self.dropped >= MAX_DROPPED:
+                    self.refused = f"the stream sent far more than any provider does ({self.dropped} messages dropped)"
+                continue
+            if msg.type == WSMsgType.BINARY:
+                self.skip("binary frame")
+                continue
+            if msg.type != WSMsgType.TEXT:
+                continue
+            text: str = msg.data
+            if len(text) > self.max_size:
+                self.skip(f"oversized message ({len(text)} bytes)")
+                continue
+            try:
+                obj = json.loads(text)
+            except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+                self.skip("message is not JSON")
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
+                self.skip("message is not a JSON object with an 'event'")
+                continue
+            return text, obj
+        raise StopAsyncIteration
 
 
 # --- a provider's own settings ---------------------------------------------------------
