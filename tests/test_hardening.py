@@ -11,7 +11,7 @@ import pytest
 
 from tests.processes import CLEAN_ENV, run_voicecli, serving
 from tests.test_shutdown import _wait_for_server
-from tests.wire import WireCall, agent_audio, only_call_when_ended
+from tests.wire import WireCall, agent_audio, in_store, only_call_when_ended
 from voicecli.emulator.simulator import Press, simulate_call
 from voicecli.providers import PROVIDERS, load_api
 
@@ -66,9 +66,7 @@ async def test_a_message_nested_past_the_parsers_depth_leaves_the_call_hearing(s
     server = await start_server()
     async with aiohttp.ClientSession() as http:
         wire = WireCall(server.state.settings, server.url, "twilio")
-        await wire.ring(http)
-        ws = await wire.connect(http)
-        await wire.start(ws)
+        ws = await wire.open(http)
         await ws.send_str("[" * 100_000)
         await wire.press(ws, "0")  # still heard: the agent says goodbye and hangs up
         _, closed = await agent_audio(ws, wire.caller, 15.0)
@@ -136,7 +134,6 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
     import wave
 
     from tests.test_webhooks import until
-    from voicecli.store import SQLiteCallStore
 
     with serving(project, CLEAN_ENV) as proc:
         url = await _wait_for_server(project, proc)
@@ -144,12 +141,7 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
         simulated = asyncio.create_task(run_voicecli(project, *args, env=CLEAN_ENV))
 
         async def in_progress() -> bool:
-            store = SQLiteCallStore(project / ".voicecli" / "calls.db")
-            await store.open()
-            try:
-                return any(r.status == "in-progress" for r in await store.list())
-            finally:
-                await store.close()
+            return any(r.status == "in-progress" for r in await in_store(project, lambda store: store.list()))
 
         await until(in_progress)
         proc.send_signal(signal.SIGINT)  # drain: the call may finish, then the server is gone
@@ -162,22 +154,22 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
         assert wav.getnframes() > 8000 * 5
 
 
-async def test_the_banners_try_a_call_hint_runs_as_printed(project: Path) -> None:
+async def test_the_banners_hints_run_as_printed(project: Path) -> None:
     import asyncio
     import re
 
     with serving(project, CLEAN_ENV) as proc:
         await _wait_for_server(project, proc)
         banner = (project / "serve.log").read_text()
-        hint = re.search(r"Try a call: (.+)$", banner, re.M)
-        assert hint, banner
+        hint = re.search(r"Watch calls: (.+ calls --live)", banner)
+        assert hint and re.search(rf"Try a call: {re.escape(hint.group(1)[: -len(' calls --live')])} simulate", banner)
         # As a user pastes it, in the project folder, with no venv activated.
         shell = await asyncio.create_subprocess_shell(
             hint.group(1), cwd=project, env=CLEAN_ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         out, err = await asyncio.wait_for(shell.communicate(), 120)
     assert shell.returncode == 0, err.decode()
-    assert "call ended" in out.decode()
+    assert "twilio" in out.decode()  # off a terminal, one table: each provider's calls against its limit
 
 
 async def test_a_stream_that_floods_is_cut_and_another_call_goes_on(start_server) -> None:
@@ -186,9 +178,7 @@ async def test_a_stream_that_floods_is_cut_and_another_call_goes_on(start_server
     server = await start_server()
     async with aiohttp.ClientSession() as http:
         flood = WireCall(server.state.settings, server.url, "twilio")
-        await flood.ring(http)
-        ws = await flood.connect(http)
-        await flood.start(ws)
+        ws = await flood.open(http)
         other = asyncio.create_task(
             simulate_call(server.state.settings, server.url, "demo", "vobiz", [Press("0")], linger_s=0.2)
         )

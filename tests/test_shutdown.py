@@ -15,9 +15,7 @@ import aiohttp
 
 from tests.conftest import make_settings
 from tests.processes import ctrl_c_twice, serving
-from tests.wire import WireCall, agent_audio
-from voicecli.runtime import DB_FILE
-from voicecli.store import SQLiteCallStore
+from tests.wire import WireCall, agent_audio, in_store
 
 
 def _serve(project: Path, *extra: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
@@ -46,12 +44,7 @@ async def _wait_for_server(project: Path, proc: subprocess.Popen[bytes]) -> str:
 
 
 async def _records(project: Path) -> list:
-    store = SQLiteCallStore(project / ".voicecli" / DB_FILE)
-    await store.open()
-    try:
-        return await store.list()
-    finally:
-        await store.close()
+    return await in_store(project, lambda store: store.list())
 
 
 async def _until_ended(project: Path, within_s: float = 10.0) -> None:

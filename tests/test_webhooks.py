@@ -19,9 +19,8 @@ from aiohttp import web
 
 from tests.processes import CLEAN_ENV, run_voicecli, serving
 from tests.test_shutdown import _wait_for_server
+from tests.wire import in_store
 from voicecli.emulator.simulator import Press, simulate_call
-from voicecli.runtime import DB_FILE
-from voicecli.store import SQLiteCallStore
 
 SECRET = "whsec-test-secret-0123"
 FAST = {"VOICECLI_WEBHOOK_SECRET": SECRET, "WEBHOOK_BACKOFF_MAX_S": "0.3"}
@@ -168,12 +167,7 @@ async def test_an_event_pending_when_the_server_is_killed_arrives_after_a_restar
 
 
 async def _deliveries(project: Path) -> list:
-    store = SQLiteCallStore(project / ".voicecli" / DB_FILE)
-    await store.open()
-    try:
-        return await store.deliveries()
-    finally:
-        await store.close()
+    return await in_store(project, lambda store: store.deliveries())
 
 
 async def test_two_instances_send_each_event_once(start_server, database_url: str) -> None:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 
 from voicecli.emulator.base import CallerSide, SimCall
 from voicecli.emulator.simulator import _local_ws_url
 from voicecli.providers import load_caller
+from voicecli.runtime import DB_FILE
 from voicecli.settings import Settings
-from voicecli.store import TERMINAL_STATUSES, CallRecord
+from voicecli.store import TERMINAL_STATUSES, CallRecord, SQLiteCallStore
+
+T = TypeVar("T")
 
 
 class WireCall:
@@ -35,6 +40,13 @@ class WireCall:
 
     async def connect(self, http: aiohttp.ClientSession, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
         return await http.ws_connect(self.ws_url, **kwargs)
+
+    async def open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        """Ring, connect and start: the call's socket, streaming."""
+        await self.ring(http)
+        ws = await self.connect(http)
+        await self.start(ws)
+        return ws
 
     async def start(self, ws: aiohttp.ClientWebSocketResponse, parameters: dict[str, str] | None = None) -> None:
         opening = self.caller.opening(self.call, self.parameters if parameters is None else parameters)
@@ -79,3 +91,13 @@ async def only_call_when_ended(store: Any, seconds: float = 10.0) -> CallRecord:
         if record.status in TERMINAL_STATUSES or loop.time() > deadline:
             return record
         await asyncio.sleep(0.05)
+
+
+async def in_store(project: Path, work: Callable[[SQLiteCallStore], Awaitable[T]]) -> T:
+    """`work(store)` on the project's SQLite store, as another process (the CLI, a restart) would."""
+    store = SQLiteCallStore(project / ".voicecli" / DB_FILE)
+    await store.open()
+    try:
+        return await work(store)
+    finally:
+        await store.close()
