@@ -195,3 +195,39 @@ async def test_a_stream_that_floods_is_cut_and_another_call_goes_on(start_server
     assert "far more than any provider does" in (records["twilio"].end_reason or "")
     assert records["vobiz"].status == "completed"
     assert server.state.limiter.in_use("twilio") == 0
+
+
+async def test_slow_and_silent_connections_are_closed_and_serve_raises_its_file_limit(project: Path) -> None:
+    import asyncio
+    import time
+
+    from voicecli.server.app import HEADER_TIMEOUT_S
+
+    with serving(project, CLEAN_ENV) as proc:
+        url = await _wait_for_server(project, proc)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+
+        async def answered_within(first_bytes: bytes) -> tuple[float, bytes]:
+            """Seconds until the server answers (its status line) or closes, and what it said."""
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(first_bytes)
+            began = time.monotonic()
+            answer = await asyncio.wait_for(reader.readline(), HEADER_TIMEOUT_S + 10)
+            writer.close()
+            return time.monotonic() - began, answer
+
+        silent, partial, slow_body = await asyncio.gather(
+            answered_within(b""),  # connects and says nothing: closed
+            answered_within(b"POST /telephony/twilio/inbound/demo HTTP/1.1\r\nHost: x\r\n"),  # headers never end
+            answered_within(
+                b"POST /telephony/twilio/inbound/demo HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\nCallSid=CA1"
+            ),
+        )
+        for waited, _ in (silent, partial, slow_body):
+            assert waited < HEADER_TIMEOUT_S + 5
+        assert silent[1] == partial[1] == b""  # closed without a word
+        assert slow_body[1].startswith(b"HTTP/1.1 408")  # the body never came
+        limits = await asyncio.to_thread(Path(f"/proc/{proc.pid}/limits").read_text)
+        [soft, hard] = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5]
+        assert soft == hard  # serve raised its soft limit to the hard one

@@ -458,18 +458,34 @@ async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Map
 MALFORMED_BODY = (ValueError, LookupError, RecursionError)
 
 
+# A body must arrive within this: a client that sends its body a byte at a time gets 408.
+BODY_TIMEOUT_S = 5.0
+
+
 async def form_params(request: web.Request) -> Mapping[str, Any]:
     """A webhook's fields: the form body of a POST, the query of a GET; 400 when undecodable."""
+    import asyncio
+
+    if request.method != "POST":
+        return request.query
     try:
-        return await request.post() if request.method == "POST" else request.query
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.post()
+    except TimeoutError:
+        raise WebhookRejected(408, f"request body not received within {BODY_TIMEOUT_S:g} s") from None
     except MALFORMED_BODY:
         raise WebhookRejected(400, "malformed form body") from None
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """A JSON object body; 400 when it is not one (bad bytes or charset, too deep, not an object)."""
+    import asyncio
+
     try:
-        data = await request.json()
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            data = await request.json()
+    except TimeoutError:
+        raise WebhookRejected(408, f"request body not received within {BODY_TIMEOUT_S:g} s") from None
     except MALFORMED_BODY:
         raise WebhookRejected(400, "the body must be a JSON object") from None
     if not isinstance(data, dict):

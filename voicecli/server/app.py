@@ -52,6 +52,27 @@ def create_app(state: ServerState) -> web.Application:
     return app
 
 
+# How long a connection may take to send a request's headers (and stay idle between requests).
+HEADER_TIMEOUT_S = 5.0
+
+
+def raise_file_limit() -> int:
+    """The soft limit on open files, raised to the hard one: every call holds a socket, and
+    the common soft 1,024 is reached by a few hundred slow clients. The limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # a container may refuse: the soft limit stays
+    return soft
+
+
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop where it is installed (not on Windows), else asyncio's own loop.
 
@@ -82,10 +103,20 @@ async def serve(
     inherited from `serve --workers`' supervisor). `record`: list this process in
     server.json; a worker does not, its supervisor is listed once for the whole instance.
     """
+    raise_file_limit()
     app = create_app(state)
     # Drain has ended every call before cleanup: what is left (a client mid-request) gets
     # the cut's few seconds, not aiohttp's default minute.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=state.timeouts.cut_s)
+    # keepalive_timeout also bounds a new connection's wait for its first request: a client
+    # that connects and sends nothing, or its headers a byte at a time, is closed after it
+    # (aiohttp's default is an hour: 1,000 such sockets took the server off the air).
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=state.timeouts.cut_s,
+        keepalive_timeout=HEADER_TIMEOUT_S,
+    )
     await runner.setup()
     site: web.BaseSite = web.SockSite(runner, sock) if sock else web.TCPSite(runner, host, port)
     try:
