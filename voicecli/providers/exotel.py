@@ -8,14 +8,11 @@ or in static mode by EXOTEL_STREAM_SECRET given as ?secret=... in the pasted URL
 
 from __future__ import annotations
 
-import base64
-import hmac
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-from xml.etree import ElementTree
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
@@ -113,6 +110,8 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
     def _check_secret(self, request: web.Request) -> None:
         """With EXOTEL_STREAM_SECRET set, Exotel's requests must carry it as ?secret=... (B6):
         Exotel signs nothing, so the secret in the URLs it was given is the only proof."""
+        import hmac
+
         configured = self.config.stream_secret
         if configured and not hmac.compare_digest(request.query.get(SECRET_PARAM, "").encode(), configured.encode()):
             raise WebhookRejected(403, "missing or wrong ?secret= (EXOTEL_STREAM_SECRET)")
@@ -141,6 +140,8 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
         )
 
     def answer(self, request: web.Request, call: StreamCall, stream_url: str) -> web.StreamResponse:
+        from xml.etree import ElementTree
+
         from aiohttp import web
 
         url = _with_query(stream_url, {TOKEN_PARAM: call.token})
@@ -185,6 +186,8 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
     def _static_url_allowed(self, secret: Any) -> bool:
         """Static mode (a stream with no token): the pasted URL carries ?secret=...; with no
         secret configured, anyone may open one (the banner warns)."""
+        import hmac
+
         configured = self.config.stream_secret
         if not configured:
             return True
@@ -261,4 +264,6 @@ provider = ExotelProvider
 
 def _basic_auth(login: str, password: str) -> str:
     # Built by hand: aiohttp 3.14 deprecates BasicAuth and older versions lack encode_basic_auth.
+    import base64
+
     return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")

@@ -11,16 +11,12 @@ Traps handled here: no `connected` and no inbound `stop` (a closed socket ends t
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-from xml.etree import ElementTree
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
@@ -60,6 +56,10 @@ HANGUP_STATUS = {
 
 
 def hmac_b64(token: str, message: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
     return base64.b64encode(hmac.new(token.encode(), message.encode(), hashlib.sha256).digest()).decode()
 
 
@@ -124,6 +124,8 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
     def _verify(self, request: web.Request, public_url: str, params: Mapping[str, Any]) -> tuple[str, ...]:
         """Check the signature; return the request's nonces (a nonce seen before means a
         replayed request, which the call's owner refuses: Vobiz signs no time or body)."""
+        import hmac
+
         token = self.config.auth_token
         if not token:
             return ()
@@ -179,6 +181,8 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
 
     def stream_xml(self, call: StreamCall, stream_url: str) -> str:
         """`<Stream>` with the URL as its text and the call's metadata in its query."""
+        from xml.etree import ElementTree
+
         query = {
             "call_id": call.call_id,
             "agent": call.agent,
