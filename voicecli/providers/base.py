@@ -453,6 +453,27 @@ async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Map
     return f"GET {url} answered HTTP {resp.status}" + (f": {detail}" if detail else "")
 
 
+async def post_for_json(
+    http: aiohttp.ClientSession, url: str, label: str, refusal_of: Callable[[str], str], **request: Any
+) -> Any:
+    """POST a dial to a provider's REST API and return its JSON answer; ProviderError, in the
+    provider's words (`refusal_of(body)`), when it refuses, cannot be reached or answers badly."""
+    import aiohttp
+
+    from voicecli.errors import ProviderError
+
+    try:
+        async with http.post(url, **request) as resp:
+            text = await resp.text()
+            if resp.status >= 300:
+                raise ProviderError(f"{label} refused the call: HTTP {resp.status}: {refusal_of(text)}")
+            return json.loads(text)
+    except ProviderError:
+        raise
+    except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
+        raise ProviderError(f"{label} could not be reached or answered badly: {type(exc).__name__}: {exc}") from None
+
+
 # What reading a malformed body raises: bad bytes (UnicodeDecodeError is a ValueError), an
 # unknown charset (LookupError), bad JSON, or JSON nested past the parser's depth.
 MALFORMED_BODY = (ValueError, LookupError, RecursionError)

@@ -30,6 +30,7 @@ from voicecli.providers.base import (
     authenticated_read,
     form_params,
     json_object,
+    post_for_json,
     row,
     text_field,
 )
@@ -203,8 +204,6 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
         """Calls/connect.json in Connect-Voice-AI mode: the stream URL goes in StreamUrl (B4)."""
-        import aiohttp
-
         config = self.config
         url = f"{config.api_base}/v1/Accounts/{config.account_sid}/Calls/connect.json"
         form = [
@@ -217,16 +216,7 @@ class ExotelProvider(Provider, ChecksAccount, TokenInStreamUrl, StreamOnAnswered
             ("StatusCallbackEvents[1]", "answered"),
             ("CustomField", request.call.call_id),
         ]
-        try:
-            async with http.post(url, data=form, headers=self._auth()) as resp:
-                text = await resp.text()
-                if resp.status >= 300:
-                    raise ProviderError(f"Exotel refused the call: HTTP {resp.status}: {_exotel_error(text)}")
-                data = json.loads(text)
-        except ProviderError:
-            raise
-        except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
-            raise ProviderError(f"Exotel could not be reached or answered badly: {type(exc).__name__}: {exc}") from None
+        data = await post_for_json(http, url, self.label, _exotel_error, data=form, headers=self._auth())
         call = data.get("Call") or data.get("call") if isinstance(data, dict) else None
         sid = (call.get("Sid") or call.get("sid")) if isinstance(call, dict) else None
         if not isinstance(sid, str) or not sid:

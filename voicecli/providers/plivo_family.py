@@ -34,6 +34,7 @@ from voicecli.providers.base import (
     WebhookRejected,
     authenticated_read,
     form_params,
+    post_for_json,
     row,
     text_field,
 )
@@ -258,8 +259,6 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
             return f"{self.label} hang-up failed: {type(exc).__name__}: {exc}"
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
-        import aiohttp
-
         body = {
             "from": request.from_number,
             "to": request.to_number,
@@ -268,18 +267,8 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
             "hangup_url": request.status_url,
             "hangup_method": "POST",
         }
-        try:
-            async with http.post(f"{self.account_url}/Call/", json=body, headers=self.auth_headers()) as resp:
-                text = await resp.text()
-                if resp.status >= 300:
-                    raise ProviderError(f"{self.label} refused the call: HTTP {resp.status}: {api_error(text)}")
-                data = json.loads(text)
-        except ProviderError:
-            raise
-        except (ValueError, aiohttp.ClientError, TimeoutError) as exc:
-            raise ProviderError(
-                f"{self.label} could not be reached or answered badly: {type(exc).__name__}: {exc}"
-            ) from None
+        url = f"{self.account_url}/Call/"
+        data = await post_for_json(http, url, self.label, api_error, json=body, headers=self.auth_headers())
         request_uuid = data.get("request_uuid") if isinstance(data, dict) else None
         if not isinstance(request_uuid, str) or not request_uuid:
             raise ProviderError(f"{self.label}'s answer had no request_uuid")
