@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from voicecli.errors import SettingsError, VoicecliError
@@ -24,6 +24,8 @@ from voicecli.settings_schema import Setting, as_http_url, as_str, mask
 
 if TYPE_CHECKING:
     from voicecli.store import CallStore
+
+T = TypeVar("T")
 
 Source = Literal["default", "environment", "file", "store", "flag"]
 
@@ -351,6 +353,21 @@ def store_exists(settings: Settings) -> bool:
     from voicecli.runtime import DB_FILE
 
     return bool(settings.database_url) or (settings.state_dir / DB_FILE).is_file()
+
+
+def read_store(settings: Settings, work: Callable[[CallStore], Awaitable[T]], nothing: T) -> T:
+    """`work(store)` on the store these settings name, for a CLI command with no server to ask;
+    `nothing` when no store was ever made here (reading must not create one)."""
+    import asyncio
+
+    if not store_exists(settings):
+        return nothing
+
+    async def run() -> T:
+        async with opened_store(settings) as store:
+            return await work(store)
+
+    return asyncio.run(run())
 
 
 async def load_store_layer(settings: Settings) -> Settings:

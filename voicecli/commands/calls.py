@@ -20,11 +20,9 @@ Config = Annotated[Path | None, typer.Option("--config", help="Settings file.")]
 def _read(server: str | None, config: Path | None, from_server: Any, from_store: Any) -> Any:
     """Ask the running server; with none answering (and no --server named), read the store
     itself: the records are a local database, or the cluster's PostgreSQL."""
-    import asyncio
-
     from voicecli.client import connect
     from voicecli.errors import ServerNotRunningError
-    from voicecli.settings import load_settings, opened_store, store_exists
+    from voicecli.settings import load_settings, read_store, store_exists
 
     settings = load_settings(config_path=config)
     try:
@@ -32,12 +30,7 @@ def _read(server: str | None, config: Path | None, from_server: Any, from_store:
     except ServerNotRunningError:
         if server is not None or not store_exists(settings):
             raise
-
-    async def read() -> Any:
-        async with opened_store(settings) as store:
-            return await from_store(store)
-
-    return asyncio.run(read())
+    return read_store(settings, from_store, None)
 
 
 @app.callback(invoke_without_command=True)

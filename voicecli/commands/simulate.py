@@ -9,6 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from voicecli.settings import Settings
+    from voicecli.store import CallStore
 
 
 def simulate(
@@ -81,17 +82,11 @@ def simulate(
 
 def _stored_record(settings: Settings, provider: str, provider_call_id: str) -> dict[str, Any] | None:
     """The call's record from the store, when the server stopped before it could be asked."""
-    import asyncio
-
-    from voicecli.settings import opened_store, store_exists
+    from voicecli.settings import read_store
     from voicecli.store import views
 
-    if not store_exists(settings):
-        return None
+    async def read(store: CallStore) -> dict[str, Any] | None:
+        record = await store.find_by_provider_call_id(provider, provider_call_id)
+        return await views.call_detail(store, record.id) if record else None
 
-    async def read() -> dict[str, Any] | None:
-        async with opened_store(settings) as store:
-            record = await store.find_by_provider_call_id(provider, provider_call_id)
-            return await views.call_detail(store, record.id) if record else None
-
-    return asyncio.run(read())
+    return read_store(settings, read, None)

@@ -17,21 +17,10 @@ Config = Annotated[Path | None, typer.Option("--config", help="Settings file.")]
 
 
 def _with_store(config: Path | None, work: Any, nothing: Any) -> Any:
-    """`work(store)` on the store the settings name (no server needed); `nothing` when no
-    store was ever made here (reading must not create one)."""
-    import asyncio
+    """`work(store)` on the store the settings name: no server needed."""
+    from voicecli.settings import load_settings, read_store
 
-    from voicecli.settings import load_settings, opened_store, store_exists
-
-    settings = load_settings(config_path=config)
-    if not store_exists(settings):
-        return nothing
-
-    async def run() -> Any:
-        async with opened_store(settings) as store:
-            return await work(store)
-
-    return asyncio.run(run())
+    return read_store(load_settings(config_path=config), work, nothing)
 
 
 @app.callback(invoke_without_command=True)
