@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Narrow on purpose: output off a terminal must never be cut, whatever COLUMNS says.
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "COLUMNS": "60"}
@@ -60,3 +61,12 @@ async def ctrl_c_twice(proc: subprocess.Popen[bytes]) -> float:
     cut_at = time.monotonic()
     assert await asyncio.to_thread(proc.wait, 20) == 0
     return time.monotonic() - cut_at
+
+
+async def until(check: Callable[[], Any], within_s: float = 20.0, what: str = "the condition") -> Any:
+    """Poll `check()` (a function or a coroutine function) until it is true; its last value."""
+    began = time.monotonic()
+    while not (result := await check() if asyncio.iscoroutinefunction(check) else check()):
+        assert time.monotonic() - began < within_s, f"{what}: not within {within_s:g} s"
+        await asyncio.sleep(0.1)
+    return result

@@ -133,7 +133,7 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
     import signal
     import wave
 
-    from tests.test_webhooks import until
+    from tests.processes import until
 
     with serving(project, CLEAN_ENV) as proc:
         url = await _wait_for_server(project, proc)

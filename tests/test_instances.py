@@ -16,8 +16,9 @@ import aiohttp
 
 from tests import test_outbound
 from tests.conftest import copy_shipped_agents, make_settings
+from tests.processes import until
 from tests.test_outbound import CUSTOMER, PhoneNetwork
-from tests.test_workers import Callers, Served, active, brief_demo, opened_store, running, started, until
+from tests.test_workers import Callers, Served, active, brief_demo, opened_store, running, started
 
 network = test_outbound.network  # the fake providers' REST APIs, as the outbound tests use them
 

@@ -11,13 +11,12 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from tests.processes import CLEAN_ENV, run_voicecli, serving
+from tests.processes import CLEAN_ENV, run_voicecli, serving, until
 from tests.test_shutdown import _wait_for_server
 from tests.wire import in_store
 from voicecli.emulator.simulator import Press, simulate_call
@@ -65,14 +64,6 @@ class Receiver:
     def delivered(self) -> dict[str, dict[str, Any]]:
         """Each delivery id answered 200, with its event as JSON."""
         return {h["X-Voicecli-Delivery"]: json.loads(b) for status, h, b in self.got if status == 200}
-
-
-async def until(check: Callable[[], Any], within_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while not (result := await check() if asyncio.iscoroutinefunction(check) else check()):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-    return result
 
 
 async def test_events_survive_a_receiver_that_is_down_then_failing(start_server) -> None:

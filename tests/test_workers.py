@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import WSCloseCode
 
 from tests.conftest import make_settings
-from tests.processes import ctrl_c_twice, serving
+from tests.processes import ctrl_c_twice, serving, until
 from tests.test_tunnel import PUBLIC, ngrok_env, wait_for_output
 from tests.wire import WireCall, agent_audio
 from voicecli.runtime import pid_alive, read_api_token
@@ -148,15 +148,6 @@ async def admitted(http: aiohttp.ClientSession, wire: WireCall) -> aiohttp.Clien
         return ws  # the agent's greeting
     assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == WSCloseCode.TRY_AGAIN_LATER, msg
     return None
-
-
-async def until(check, within_s: float, what: str) -> float:  # an async predicate
-    """Poll `check()` until true; the seconds it took."""
-    began = time.monotonic()
-    while not await check():
-        assert time.monotonic() - began < within_s, f"{what}: not within {within_s:g} s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - began
 
 
 async def active(http: aiohttp.ClientSession, served: Served, provider: str = "twilio") -> dict:
