@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.processes import CLEAN_ENV, run_voicecli, serving
+from tests.processes import CLEAN_ENV, run_voicecli, serving, until
 from tests.test_shutdown import _wait_for_server
 from tests.wire import WireCall, agent_audio, in_store, only_call_when_ended
 from voicecli.emulator.simulator import Press, simulate_call
@@ -133,8 +133,6 @@ async def test_simulate_keeps_the_wav_and_transcript_when_the_server_stops_as_th
     import signal
     import wave
 
-    from tests.processes import until
-
     with serving(project, CLEAN_ENV) as proc:
         url = await _wait_for_server(project, proc)
         args = ("simulate", "--say", "What is your pricing?", "--dtmf", "0", "--out", "call.wav", "--server", url)
@@ -160,9 +158,14 @@ async def test_the_banners_hints_run_as_printed(project: Path) -> None:
 
     with serving(project, CLEAN_ENV) as proc:
         await _wait_for_server(project, proc)
-        banner = (project / "serve.log").read_text()
-        hint = re.search(r"Watch calls: (.+ calls --live)", banner)
-        assert hint and re.search(rf"Try a call: {re.escape(hint.group(1)[: -len(' calls --live')])} simulate", banner)
+
+        def banner() -> str | None:  # listed in server.json on binding; the banner comes just after
+            log = (project / "serve.log").read_text()
+            return log if "Check the setup:" in log else None
+
+        printed = await until(banner, 20, "the banner")
+        hint = re.search(r"Watch calls: (.+ calls --live)", printed)
+        assert hint and re.search(rf"Try a call: {re.escape(hint.group(1)[: -len(' calls --live')])} simulate", printed)
         # As a user pastes it, in the project folder, with no venv activated.
         shell = await asyncio.create_subprocess_shell(
             hint.group(1), cwd=project, env=CLEAN_ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
