@@ -17,13 +17,35 @@ from voicecli.runtime import ServerInfo, forget_server, record_server
 from voicecli.server import api, outbound, settings_api, telephony
 from voicecli.server.state import STATE, ServerState
 from voicecli.server.urls import http_url
+from voicecli.store import StoreUnavailable
+
+# What a client told "the store cannot be written" should wait before trying again.
+STORE_RETRY_AFTER_S = 5
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while taking calls; 503 while draining, so a load balancer sends new calls elsewhere."""
-    calls = request.app[STATE].calls
-    body = {"ok": not calls.draining, "draining": calls.draining, "active_calls": len(calls.live)}
-    return web.json_response(body, status=503 if calls.draining else 200)
+    """200 while taking calls; 503 while draining or while the store cannot be written, so a
+    load balancer sends new calls elsewhere."""
+    state = request.app[STATE]
+    calls, unwritable = state.calls, state.store.unwritable
+    ok = not calls.draining and unwritable is None
+    body = {"ok": ok, "draining": calls.draining, "active_calls": len(calls.live), "store_unwritable": unwritable}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+@web.middleware
+async def store_unavailable(request: web.Request, handler: api.Handler) -> web.StreamResponse:
+    """A request whose write the store refused gets 503 and Retry-After, not a 500: a provider
+    or client may try again, and a load balancer sends the next call elsewhere."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        logger.warning(f"{request.method} {request.path}: 503, {exc}")
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+        message = f"{exc}; try again shortly"
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": message}, status=503, headers=headers)
+        return web.Response(status=503, text=message + "\n", headers=headers)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -45,7 +67,7 @@ def setup_routes(app: web.Application) -> None:
 
 def create_app(state: ServerState) -> web.Application:
     """The voicecli web application around `state`."""
-    app = web.Application(middlewares=[api.bearer_auth], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[store_unavailable, api.bearer_auth], client_max_size=1024 * 1024)
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     setup_routes(app)

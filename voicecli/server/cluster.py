@@ -35,11 +35,15 @@ class LeaseKeeper(threading.Thread):
 
     `on_lapse` is called (on the server's loop) when the lease is gone: the row was reaped,
     or no renewal succeeded for LEASE_S. The keeper then stops; the owner decides what next.
+
+    On SQLite only a reaped row ends the lease: whoever could reap this process writes the
+    same file, so a file locked or read-only for everyone reaps no one, and its live calls go on.
     """
 
     def __init__(self, store: CallStore, holder: str, loop: asyncio.AbstractEventLoop, on_lapse: Callable[[], None]):
         super().__init__(name=f"voicecli-lease-{holder}", daemon=True)
         self.store, self.holder, self.loop, self.on_lapse = store, holder, loop, on_lapse
+        self.lapses_unrenewed = not isinstance(store, SQLiteCallStore)
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -57,7 +61,7 @@ class LeaseKeeper(threading.Thread):
                     renewed = None
                 if renewed:
                     last_renewed = time.monotonic()
-                elif renewed is False or time.monotonic() - last_renewed >= LEASE_S:
+                elif renewed is False or (self.lapses_unrenewed and time.monotonic() - last_renewed >= LEASE_S):
                     self.loop.call_soon_threadsafe(self.on_lapse)
                     return
         finally:
@@ -114,6 +118,8 @@ class Membership:
     async def _sweeping(self) -> None:
         while True:
             await asyncio.sleep(RENEW_S)
+            if self.store.unwritable:
+                continue  # the store watch tries a write every second meanwhile
             try:
                 ended = await self.sweep()
             except Exception as exc:

@@ -45,7 +45,7 @@ from voicecli.providers.base import (
 from voicecli.server import urls
 from voicecli.server.limits import Slot, UnprovenCap
 from voicecli.server.tokens import TokenScope, make_token, verify_token
-from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, new_call_id
+from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, StoreUnavailable, new_call_id
 from voicecli.store.records import parse_iso
 
 if TYPE_CHECKING:
@@ -446,6 +446,23 @@ class CallOwner:
                 return await refuse(WSCloseCode.POLICY_VIOLATION, "invalid or expired stream token")
         elif call_id is None and (self.draining or not start.accepted_without_token):
             return await refuse(WSCloseCode.POLICY_VIOLATION, "missing stream token")
+        try:
+            return await self._admit(provider, agent, ws, start, call_id, slot, refuse)
+        except StoreUnavailable as exc:  # the provider may try again: 1013, as at the limit
+            return await refuse(WSCloseCode.TRY_AGAIN_LATER, str(exc))
+
+    async def _admit(
+        self,
+        provider: Provider,
+        agent: str,
+        ws: web.WebSocketResponse,
+        start: StreamStart,
+        call_id: str | None,
+        slot: Slot | None,
+        refuse: Callable[[WSCloseCode, str], Awaitable[tuple[LiveCall, StreamStart] | None]],
+    ) -> tuple[LiveCall, StreamStart] | None:
+        """Take the slot (unless the upgrade took it), then create or claim the record."""
+        name = provider.name
         if slot is None:
             slot = await self.state.limiter.take(name, claim=call_id)
             if slot is None:

@@ -18,6 +18,7 @@ from voicecli.runtime import API_TOKEN_FILE, SECRET_FILE, new_instance_id, write
 from voicecli.server.cluster import Membership
 from voicecli.server.lifecycle import CallOwner, Timeouts
 from voicecli.server.limits import SlotLimiter
+from voicecli.server.store_watch import StoreWatch
 from voicecli.server.webhooks import WebhookSender, webhook_secret
 from voicecli.store import CallStore, Event, Holder, store_for
 
@@ -58,6 +59,7 @@ class ServerState:
         self.holder = self.holder or self.instance
         self.limiter = SlotLimiter(lambda: self.store, self.holder, lambda name: self.provider(name).max_concurrent)
         self.calls = CallOwner(self, self.timeouts)
+        self.store_watch = StoreWatch(self.store)
         # Settings changes read, merge and write one at a time: none is lost to another.
         self.settings_lock = asyncio.Lock()
         self.membership = Membership(
@@ -75,11 +77,13 @@ class ServerState:
         self.webhooks = WebhookSender(self, await webhook_secret(self.settings, self.store))
         await self.membership.start(recover=self.recover)
         self.webhooks.start()
+        self.store_watch.start()
         # At start-up a bad stored value stops the server with its message; later, it is logged.
         self.apply_settings(self.settings.with_store(await self.store.stored_settings()))
 
     async def stop(self) -> None:
         self.calls.cancel_timers()
+        await self.store_watch.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.membership.stop()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import astuple, replace
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ from voicecli.store.records import (
     LeaseConnection,
     Role,
     SlotCount,
+    StoreUnavailable,
     TranscriptEntry,
     TranscriptSummary,
     apply_update,
@@ -71,6 +73,17 @@ _NAMES = _COLUMNS.split(", ")
 _INSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(_NAMES)))})"
 _REWRITE = f"UPDATE calls SET {', '.join(f'{name} = ${n + 2}' for n, name in enumerate(_NAMES[1:]))} WHERE id = $1"
 _SCHEMES = ("postgresql", "postgres")
+# A write that meets one of these may work later (the server is down, unreachable, read-only
+# or full); anything else is a bug, raised as it is.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.DiskFullError,
+    asyncpg.InsufficientResourcesError,
+)
 _TAKE_SLOT = "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)"  # migration m004
 _SLOT_COUNTS = f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
     FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
@@ -195,6 +208,13 @@ class PostgresCallStore:
         self._listen_again_at = 0.0  # after a failed attempt, when to try again (monotonic)
         self._writes: set[asyncio.Task[Any]] = set()
         self._transcript_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._kept: deque[Callable[[], Awaitable[Any]]] = deque()  # writes waiting for the store
+        self._kept_lock = asyncio.Lock()
+        self._unwritable: str | None = None
+
+    @property
+    def unwritable(self) -> str | None:
+        return self._unwritable
 
     @property
     def location(self) -> str:
@@ -263,13 +283,56 @@ class PostgresCallStore:
             await pool.close()
 
     async def _write(self, work: Callable[[], Awaitable[T]]) -> T:
+        """A write, after any kept ones; StoreUnavailable if it cannot be made now."""
+        return await self._hand_over(lambda: self._written(work))
+
+    async def _keep(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        """A write that must not be lost: made now, or kept and made once the store takes
+        writes (None is returned then)."""
+
+        async def kept() -> Any:
+            try:
+                return await self._written(work)
+            except StoreUnavailable:
+                self._kept.append(work)
+                return None
+
+        return await self._hand_over(kept)
+
+    async def _hand_over(self, write: Callable[[], Awaitable[T]]) -> T:
         # Shielded, as SQLite's writes are: once handed over, a write happens even if the
         # caller is cancelled meanwhile (a session finishing its record during a second Ctrl-C).
         self._check_open()  # a closed store refuses before anything starts
-        task = asyncio.ensure_future(work())
+        task = asyncio.ensure_future(write())
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return await asyncio.shield(task)
+
+    async def _written(self, work: Callable[[], Awaitable[T]]) -> T:
+        if self._kept:  # kept writes first: a call's transcript lines and its end, in order
+            async with self._kept_lock:
+                while self._kept:
+                    await self._guarded(self._kept[0])
+                    self._kept.popleft()
+        result = await self._guarded(work)
+        self._unwritable = None
+        return result
+
+    async def _guarded(self, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await work()
+        except _UNAVAILABLE as exc:
+            self._unwritable = f"{type(exc).__name__}: {exc}"
+            raise StoreUnavailable(f"the call store {self.location} cannot be written: {exc}") from None
+
+    async def probe(self) -> bool:
+        try:
+            # A write that changes nothing: a read-only server refuses it.
+            touch = "UPDATE _migrations SET applied_at = applied_at WHERE name = $1"
+            await self._write(lambda: self.pool.execute(touch, MIGRATIONS[0].name))
+        except StoreUnavailable:
+            return False
+        return True
 
     # --- call records and transcripts ----------------------------------------------------
     async def create(
@@ -342,7 +405,9 @@ class PostgresCallStore:
         """Change a call under `apply_update`'s rules, atomically; None if there is no such call."""
         changes = dict(status=status, provider_call_id=provider_call_id, end_reason=end_reason)
         changes.update(from_number=from_number, to_number=to_number)
+        return await self._write(self._change(call_id, changes))
 
+    def _change(self, call_id: str, changes: dict[str, Any]) -> Callable[[], Awaitable[CallRecord | None]]:
         async def change() -> CallRecord | None:
             async with self.pool.acquire() as conn, conn.transaction():
                 record = await _locked_call(conn, call_id)
@@ -353,12 +418,15 @@ class PostgresCallStore:
                     await _rewrite(conn, updated, record.status)
                 return updated
 
-        return await self._write(change)
+        return change
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None:
-        """End a call; the first end recorded wins and later ones change nothing."""
+        """End a call; the first end recorded wins and later ones change nothing.
+
+        Kept while the store refuses writes, and written with the time it ended (None then)."""
         check_ending(status)
-        return await self.update(call_id, status=status, end_reason=end_reason)
+        changes: dict[str, Any] = dict(status=status, end_reason=end_reason, now=utcnow_iso())
+        return await self._keep(self._change(call_id, changes))
 
     async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
         """Append an utterance to a call's transcript, committed at once."""
@@ -385,7 +453,7 @@ class PostgresCallStore:
                 else:
                     self._transcript_locks[call_id] = (lock, users - 1)
 
-        await self._write(insert)
+        await self._keep(insert)
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]:
         """A call's utterances in the order they were written."""
@@ -575,11 +643,11 @@ class PostgresCallStore:
 
     async def release_slot(self, slot: str) -> None:
         """Give a slot back; releasing one already gone does nothing."""
-        await self._write(lambda: self.pool.execute("DELETE FROM slots WHERE id = $1", slot))
+        await self._keep(lambda: self.pool.execute("DELETE FROM slots WHERE id = $1", slot))
 
     async def release_reservation(self, call_id: str) -> bool:
         """Give back the dial reservation for `call_id` if no stream claimed it; whether one was."""
-        status = await self._write(lambda: self.pool.execute("DELETE FROM slots WHERE reserved_for = $1", call_id))
+        status = await self._keep(lambda: self.pool.execute("DELETE FROM slots WHERE reserved_for = $1", call_id))
         return status == "DELETE 1"
 
     async def slot_counts(self) -> dict[str, SlotCount]:

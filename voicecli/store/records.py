@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
+from voicecli.errors import VoicecliError
+
 CallStatus = Literal[
     "queued",
     "ringing",
@@ -271,6 +273,15 @@ class CallStore(Protocol):
         """Where the store is, for messages: a path, or a URL without its password."""
         ...
 
+    @property
+    def unwritable(self) -> str | None:
+        """Why the last write failed, while the store refuses writes (None when it takes them)."""
+        ...
+
+    async def probe(self) -> bool:
+        """Try one write that changes nothing (writing any kept writes first); whether it took."""
+        ...
+
     # --- call records and transcripts ----------------------------------------------------
     async def create(
         self,
@@ -453,3 +464,11 @@ class CallStore(Protocol):
 
 class DuplicateCall(Exception):
     """`create` was given a call id that is already taken."""
+
+
+class StoreUnavailable(VoicecliError):
+    """The store cannot be written now: locked past its wait, read-only, full, or unreachable.
+
+    The writes a call must not lose (transcript lines, a call's end, a slot given back) are
+    kept instead and written, in order, once the store takes writes again; the rest raise this.
+    """

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from voicecli.store.records import (
     Holder,
     Role,
     SlotCount,
+    StoreUnavailable,
     TranscriptEntry,
     TranscriptSummary,
     apply_update,
@@ -55,6 +57,21 @@ from voicecli.store.records import (
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# How long a write waits for another process's write lock: well inside Twilio's 15 s for a
+# webhook's answer. While the store refuses writes, each waits only briefly (a webhook gets
+# its 503 at once) until a write goes through again.
+STORE_WAIT_S = 5.0
+DOWN_WAIT_S = 0.2
+# SQLite's primary result codes for "not now" rather than "never": busy, locked, read-only,
+# I/O error, full, cannot open, locking protocol (sqlite3.h). Anything else is a bug, raised.
+_UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14, 15})
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _UNAVAILABLE_CODES
+
 
 # --- Schema: the named migrations (migrations.py), each applied once, recorded in `_migrations`.
 
@@ -105,7 +122,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so every write commits at once.
     # check_same_thread stays on: any use off the store's thread is a bug and should fail loudly.
-    db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    db = sqlite3.connect(path, isolation_level=None, timeout=STORE_WAIT_S)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL survives a killed process; only an OS crash can lose the last commits.
@@ -125,6 +142,12 @@ def _connect(path: Path) -> sqlite3.Connection:
 def _fetch_one(db: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> CallRecord | None:
     row = db.execute(f"SELECT {_COLUMNS} FROM calls WHERE {where} LIMIT 1", params).fetchone()
     return CallRecord(*row) if row else None
+
+
+def _touch(db: sqlite3.Connection) -> None:
+    """A write that changes nothing: whether the store takes writes."""
+    with _transaction(db):
+        db.execute("UPDATE _migrations SET applied_at = applied_at WHERE name = ?", (MIGRATIONS[0].name,))
 
 
 def _insert(db: sqlite3.Connection, record: CallRecord, webhook_url: str | None) -> None:
@@ -489,29 +512,101 @@ class SQLiteCallStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None  # touched only on the executor's thread
+        # Touched only on the executor's thread:
+        self._db: sqlite3.Connection | None = None
+        # Writes waiting for the store to take them: (function, args, kwargs), oldest first.
+        self._kept: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = deque()
+        self._unwritable: str | None = None
 
     @property
     def location(self) -> str:
         return str(self.path)
 
+    @property
+    def unwritable(self) -> str | None:
+        return self._unwritable
+
     async def _run(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A read on the store's thread."""
+        return await self._submit(functools.partial(self._with_db, fn, *args, **kwargs))
+
+    async def _write(self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A write on the store's thread, after any kept ones; StoreUnavailable if it cannot be made."""
+        return await self._submit(functools.partial(self._write_on_thread, fn, *args, **kwargs))
+
+    async def _keep(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], Any], *args: P.args, **kwargs: P.kwargs
+    ) -> Any:
+        """A write that must not be lost: made now, or kept and made once the store takes writes
+        (None is returned then)."""
+        return await self._submit(functools.partial(self._keep_on_thread, fn, *args, **kwargs))
+
+    async def _submit(self, job: Callable[[], T]) -> T:
         if self._executor is None:
             raise RuntimeError(f"call store {self.path} is not open")
-        job = self._executor.submit(functools.partial(self._with_db, fn, *args, **kwargs))
         # Shielded: once handed over, a write happens even if the caller is cancelled meanwhile
         # (a session finishing its record while a second Ctrl-C cancels it).
-        return await asyncio.shield(asyncio.wrap_future(job))
+        return await asyncio.shield(asyncio.wrap_future(self._executor.submit(job)))
 
+    # --- on the store's thread
     def _with_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        assert self._db is not None, "the store's connection is opened by its first job"
-        return fn(self._db, *args, **kwargs)
+        db = self._db
+        assert db is not None, "the store's connection is opened by its first job"
+        try:
+            return fn(db, *args, **kwargs)
+        except sqlite3.Error as exc:
+            if db.in_transaction:  # a failed COMMIT leaves its transaction open
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if not _unavailable(exc):
+                raise
+            if self._unwritable is None:
+                db.execute(f"PRAGMA busy_timeout = {int(DOWN_WAIT_S * 1000)}")
+            self._unwritable = str(exc)
+            raise StoreUnavailable(f"the call store {self.path} cannot be written: {exc}") from None
+
+    def _write_on_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        db = self._db
+        assert db is not None, "the store's connection is opened by its first job"
+        written = db.total_changes
+        # Kept writes first: a call's transcript lines and its end are written in order.
+        while self._kept:
+            kept, kept_args, kept_kwargs = self._kept[0]
+            self._with_db(kept, *kept_args, **kept_kwargs)
+            self._kept.popleft()
+        result = self._with_db(fn, *args, **kwargs)
+        # Back only once something was written: many writes read first and may write nothing.
+        if self._unwritable is not None and db.total_changes > written:
+            self._unwritable = None
+            db.execute(f"PRAGMA busy_timeout = {int(STORE_WAIT_S * 1000)}")
+        return result
+
+    def _keep_on_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._write_on_thread(fn, *args, **kwargs)
+        except StoreUnavailable:
+            self._kept.append((fn, args, kwargs))
+            return None
 
     def _open_on_thread(self) -> None:
-        self._db = _connect(self.path)
+        try:
+            self._db = _connect(self.path)
+        except sqlite3.Error as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"the call store {self.path} cannot be written: {exc}") from None
+            raise
 
     def _close_on_thread(self) -> None:
         if self._db is not None:
+            if self._kept:  # one last try; what still fails is lost with this process
+                try:
+                    self._write_on_thread(_touch)
+                except StoreUnavailable as exc:
+                    from loguru import logger
+
+                    logger.error(f"{len(self._kept)} write(s) of ended calls are lost: {exc}")
             self._db.close()
             self._db = None
 
@@ -565,7 +660,7 @@ class SQLiteCallStore:
             instance=instance,
         )
         try:
-            await self._run(_insert, record, webhook_url)
+            await self._write(_insert, record, webhook_url)
         except sqlite3.IntegrityError:
             raise DuplicateCall(f"call id {record.id} is already taken") from None
         return record
@@ -595,17 +690,26 @@ class SQLiteCallStore:
         """Change a call (see `apply_update` for the rules); None if there is no such call."""
         changes = dict(status=status, provider_call_id=provider_call_id, end_reason=end_reason)
         changes.update(from_number=from_number, to_number=to_number)
-        return await self._run(_update, call_id, changes)
+        return await self._write(_update, call_id, changes)
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None:
-        """End a call; the first end recorded wins and later ones change nothing."""
+        """End a call; the first end recorded wins and later ones change nothing.
+
+        Kept while the store refuses writes, and written with the time it ended (None then)."""
         check_ending(status)
-        return await self.update(call_id, status=status, end_reason=end_reason)
+        return await self._keep(_update, call_id, dict(status=status, end_reason=end_reason, now=utcnow_iso()))
+
+    async def probe(self) -> bool:
+        try:
+            await self._write(_touch)
+        except StoreUnavailable:
+            return False
+        return True
 
     async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
         """Append an utterance to a call's transcript, committed at once."""
         stamp = transcript_stamp(role, at)
-        await self._run(_add_transcript, call_id, role, text, stamp)
+        await self._keep(_add_transcript, call_id, role, text, stamp)
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]:
         """A call's utterances in the order they were written."""
@@ -619,35 +723,35 @@ class SQLiteCallStore:
         The record must be this provider's and agent's; a call already streaming, or ended,
         is never claimed again (a stream token works once).
         """
-        return await self._run(_claim_stream, call_id, provider, agent, instance, provider_call_id)
+        return await self._write(_claim_stream, call_id, provider, agent, instance, provider_call_id)
 
     async def first_use(self, provider: str, nonce: str, keep_s: float) -> bool:
         """Note a signature nonce; False when it was already seen within `keep_s` (a replay)."""
-        return await self._run(_first_use, provider, nonce, time.time(), keep_s)
+        return await self._write(_first_use, provider, nonce, time.time(), keep_s)
 
     # --- post-call webhooks
     async def claim_deliveries(self, holder: str, limit: int, claim_s: float = CLAIM_S) -> list[Delivery]:
-        return await self._run(_claim_deliveries, holder, limit, claim_s)
+        return await self._write(_claim_deliveries, holder, limit, claim_s)
 
     async def record_attempt(
         self, delivery_id: str, holder: str, outcome: Outcome, error: str | None = None, retry_in_s: float = 0.0
     ) -> None:
-        await self._run(_record_attempt, delivery_id, holder, outcome, error, retry_in_s)
+        await self._write(_record_attempt, delivery_id, holder, outcome, error, retry_in_s)
 
     async def deliveries(self, limit: int = 50) -> list[Delivery]:
         return await self._run(_deliveries, limit)
 
     async def retry_delivery(self, delivery_id: str) -> bool:
-        return await self._run(_retry_delivery, delivery_id)
+        return await self._write(_retry_delivery, delivery_id)
 
     # --- holders and leases
     async def join(self, holder: Holder) -> None:
         """Register (or re-register) a holder with a fresh lease."""
-        await self._run(_join, holder)
+        await self._write(_join, holder)
 
     async def leave(self, holder: str) -> None:
         """A holder stops cleanly: its row and any slot it still holds go."""
-        await self._run(_leave, holder)
+        await self._write(_leave, holder)
 
     def lease_connection(self) -> SQLiteLeaseConnection:
         """A connection of its own for the lease keeper's thread."""
@@ -659,24 +763,24 @@ class SQLiteCallStore:
 
     async def reap(self, holders: Collection[str], reason: str) -> int:
         """Drop holders known dead with their slots; their live calls end interrupted (how many)."""
-        return await self._run(_reap, sorted(holders), reason)
+        return await self._write(_reap, sorted(holders), reason)
 
     async def maintain(self, reason: str) -> int:
         """Reap expired holders, interrupt calls no holder carries, drop old events (calls ended)."""
-        return await self._run(_maintain, reason)
+        return await self._write(_maintain, reason)
 
     # --- slots
     async def take_slot(
         self, provider: str, limit: int, holder: str, *, claim: str | None = None, reserve: str | None = None
     ) -> str | None:
         """A slot id, or None at the limit; `claim` hands over a dial's reservation first."""
-        return await self._run(_take_slot, provider, limit, holder, claim, reserve)
+        return await self._write(_take_slot, provider, limit, holder, claim, reserve)
 
     async def release_slot(self, slot: str) -> None:
-        await self._run(_release_slot, slot)
+        await self._keep(_release_slot, slot)
 
     async def release_reservation(self, call_id: str) -> bool:
-        return await self._run(_release_reservation, call_id)
+        return await self._keep(_release_reservation, call_id)
 
     async def slot_counts(self) -> dict[str, SlotCount]:
         return await self._run(_slot_counts)
@@ -685,7 +789,7 @@ class SQLiteCallStore:
     async def publish(
         self, kind: str, *, target: str | None = None, call_id: str | None = None, data: Mapping[str, Any] | None = None
     ) -> None:
-        await self._run(_publish, kind, target, call_id, json.dumps(dict(data or {})))
+        await self._write(_publish, kind, target, call_id, json.dumps(dict(data or {})))
 
     async def last_event(self) -> int:
         return await self._run(_last_event)
@@ -702,10 +806,10 @@ class SQLiteCallStore:
         return await self._run(_stored_settings)
 
     async def change_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._run(_change_settings, dict(changes))
+        return await self._write(_change_settings, dict(changes))
 
     async def shared_secret(self, name: str, candidate: str) -> str:
-        return await self._run(_shared_secret, name, candidate)
+        return await self._write(_shared_secret, name, candidate)
 
     async def transcript_summaries(self, call_ids: Sequence[str]) -> dict[str, TranscriptSummary]:
         """Turns so far and the last utterance of each call that has any (for the live table)."""
