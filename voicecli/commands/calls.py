@@ -73,7 +73,8 @@ def calls(
     from voicecli.ui.console import stdout
     from voicecli.ui.render import calls_table
 
-    stdout().print(calls_table(rows, now=datetime.now(UTC)))
+    console = stdout()
+    console.print(calls_table(rows, now=datetime.now(UTC), width=console.width))
 
 
 @app.command("show")
@@ -132,7 +133,7 @@ def _watch(settings: Settings, server: str | None, filters: dict[str, str | None
 
     def screen() -> Any:
         # Rendered at every refresh, so durations tick between polls.
-        return live_view(calls, status, datetime.now(UTC), problem)
+        return live_view(calls, status, datetime.now(UTC), problem, width=stdout().width)
 
     try:
         with Live(get_renderable=screen, console=stdout(), refresh_per_second=4):

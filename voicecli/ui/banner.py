@@ -47,17 +47,22 @@ def print_banner(state: ServerState, local_url: str, tunnel: str | None = None, 
     console.print(agents)
 
     providers = Table(title=f"Providers (default: {settings.provider})", title_justify="left")
-    for column in ("provider", "credentials", "limit", "webhook / stream URLs"):
+    for column in ("provider", "credentials", "limit"):
         providers.add_column(column, overflow="fold")
     for name in PROVIDERS:
         provider = state.provider(name)
         missing = provider.missing_credentials()
         creds = Text("missing " + ", ".join(missing), style="yellow") if missing else Text("set", style="green")
-        urls = "\n".join(
-            url for agent in state.agents for url in (webhook_url(base, name, agent), stream_url(base, name, agent))
-        )
-        providers.add_row(name, creds, str(provider.max_concurrent), urls)
+        providers.add_row(name, creds, str(provider.max_concurrent))
     console.print(providers)
+    # Each URL whole on a line of its own, at any terminal width: a user copies it into the
+    # provider's console, and a URL folded over lines (or inside a table cell) pastes broken.
+    console.print(Text("Webhook and stream URLs, per provider and agent:", style="bold"))
+    for name in PROVIDERS:
+        for served in state.agents:
+            console.print(f"{name}, agent {served}:")
+            for url in (webhook_url(base, name, served), stream_url(base, name, served)):
+                console.print(Text(url), soft_wrap=True)
     for name in PROVIDERS:
         for note in state.provider(name).security_notes():
             console.print(Text(f"warning: {note}", style="yellow"))

@@ -87,22 +87,55 @@ def carrier(instance: str | None) -> str:
     return short + slash + worker
 
 
+# A narrow terminal drops columns in this order; id, from, to and status always show, whole.
+DROP_FIRST = ("dir", "on", "provider", "agent", "started", "turns", "dur", "end reason", "last said")
+FREE_TEXT = frozenset({"end reason", "last said"})  # these fold onto more lines instead
+FREE_TEXT_MIN = 12
+
+
+def fitting_columns(columns: Sequence[str], natural: dict[str, int], width: int | None) -> list[str]:
+    """`columns` less the fewest lower-priority ones for a table to fit `width` (None: any)."""
+
+    def needed(kept: Sequence[str]) -> int:  # rich's default box: a border, padding each side
+        return 1 + sum(3 + (min(natural[c], FREE_TEXT_MIN) if c in FREE_TEXT else natural[c]) for c in kept)
+
+    kept = list(columns)
+    for column in DROP_FIRST:
+        if width is None or needed(kept) <= width:
+            break
+        if column in kept:
+            kept.remove(column)
+    return kept
+
+
+def _cell_len(cell: str | Text) -> int:
+    return (Text(cell) if isinstance(cell, str) else cell).cell_len
+
+
 def calls_table(
     calls: Sequence[dict[str, Any]],
     title: str | None = None,
     *,
     columns: Sequence[str] = LIST_COLUMNS,
     now: datetime | None = None,
+    width: int | None = None,
 ) -> Table:
-    """One row per call; cells fold rather than cut, so ids and numbers stay whole.
+    """One row per call. Ids, numbers and statuses are never cut or folded: to fit `width`
+    (a terminal's), lower-priority columns are left out and free text folds.
 
     With `now`, calls still going show their duration so far.
     """
+    cells = [{column: COLUMNS[column](call, now) for column in columns} for call in calls]
+    natural = {c: max([len(c), *(_cell_len(row[c]) for row in cells)]) for c in columns}
+    shown = fitting_columns(columns, natural, width)
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for call in calls:
-        table.add_row(*(COLUMNS[column](call, now) for column in columns))
+    for column in shown:
+        if column in FREE_TEXT:
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, no_wrap=True, min_width=natural[column])
+    for row in cells:
+        table.add_row(*(row[column] for column in shown))
     return table
 
 
@@ -126,6 +159,7 @@ def live_view(
     status: dict[str, Any] | None,
     now: datetime,
     problem: str | None = None,
+    width: int | None = None,
 ) -> Group:
     """The `calls --live` screen: per-provider counts, then the calls in progress.
 
@@ -133,7 +167,7 @@ def live_view(
     """
     header = Text(problem, style="bold red") if problem else providers_line(status or {})
     when = now.astimezone().strftime("%H:%M:%S")
-    table = calls_table(calls, f"Active calls ({len(calls)}) at {when}", columns=LIVE_COLUMNS, now=now)
+    table = calls_table(calls, f"Active calls ({len(calls)}) at {when}", columns=LIVE_COLUMNS, now=now, width=width)
     return Group(header, table)
 
 
