@@ -36,8 +36,11 @@ async def run_voicecli(
 
 
 @contextmanager
-def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`voicecli serve --agent demo` in a child process logging to serve.log; killed and reaped after."""
+def serving(
+    project: Path, env: Mapping[str, str], *extra: str, before_exec: Callable[[], None] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`voicecli serve --agent demo` in a child process logging to serve.log; killed and reaped after.
+    `before_exec` runs in the child before voicecli starts (to lower a resource limit, say)."""
     with (project / "serve.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
@@ -45,6 +48,7 @@ def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subp
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=before_exec,
         )
     try:
         yield proc

@@ -234,3 +234,78 @@ async def test_slow_and_silent_connections_are_closed_and_serve_raises_its_file_
         limits = await asyncio.to_thread(Path(f"/proc/{proc.pid}/limits").read_text)
         [soft, hard] = next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5]
         assert soft == hard  # serve raised its soft limit to the hard one
+
+
+async def test_a_flood_of_idle_connections_leaves_descriptors_for_the_live_call(project: Path) -> None:
+    import asyncio
+    import resource
+
+    from tests.conftest import make_settings
+
+    def low_file_limit() -> None:  # the common soft 1,024, lowered further so the test is quick
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    flood: list[asyncio.StreamWriter] = []
+    with serving(project, CLEAN_ENV, before_exec=low_file_limit) as proc:
+        url = await _wait_for_server(project, proc)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        async with aiohttp.ClientSession() as http:
+            live = WireCall(make_settings(project), url, "twilio")
+            ws = await live.open(http)
+            readers: list[asyncio.StreamReader] = []
+            try:
+                for _ in range(300):  # more than the server may hold: it must not run out
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    readers.append(reader)
+                    flood.append(writer)
+
+                async def answer(reader: asyncio.StreamReader) -> bytes:
+                    try:
+                        return await asyncio.wait_for(reader.read(64), 1.0)
+                    except TimeoutError:
+                        return b""  # held open: under the cap
+
+                answers = await asyncio.gather(*(answer(reader) for reader in readers))
+                turned_away = sum(a.startswith(b"HTTP/1.1 503") for a in answers)
+                assert 50 <= turned_away < 300, turned_away
+                await live.press(ws, "0")  # the agent still speaks (eSpeak opens its files) and hangs up
+                audio, closed = await agent_audio(ws, live.caller, 15.0)
+                assert closed and audio > 0
+            finally:
+                for writer in flood:
+                    writer.close()
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(url + "/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(healthy, 10, "/healthz after the flood")
+        assert proc.poll() is None
+
+
+def test_a_logged_traceback_never_shows_the_values_of_locals(capfd) -> None:
+    import sys
+
+    from loguru import logger
+
+    from voicecli.ui.logs import configure
+
+    def hang_up(auth_token: str) -> None:
+        raise RuntimeError("the provider refused")
+
+    secret = "-".join(["tw", "secret", str(4321 * 2)])  # made at run time: no source line shows it
+    configure("INFO")  # as serve does
+    try:
+        try:
+            hang_up(secret)
+        except RuntimeError:
+            logger.exception("hang-up failed")
+        err = capfd.readouterr().err
+    finally:
+        logger.remove()
+        logger.add(sys.stderr)
+    assert "hang-up failed" in err and "RuntimeError: the provider refused" in err
+    assert secret not in err

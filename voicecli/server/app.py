@@ -78,9 +78,61 @@ def create_app(state: ServerState) -> web.Application:
 HEADER_TIMEOUT_S = 5.0
 
 
+class TurnedAway(asyncio.Protocol):
+    """A connection past the cap: told 503 and closed at once, so its descriptor comes back."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(  # type: ignore[attr-defined]  # a stream transport (uvloop's is no asyncio.Transport)
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        transport.close()
+
+
+class CappedSite(web.SockSite):
+    """A listening socket that turns connections away past `max_connections`.
+
+    Every connection holds a file descriptor, and so does every live call's TTS, store and
+    provider request: a flood of idle sockets must leave the last ones to them, or live
+    calls go silent and the server stops answering even /healthz.
+    """
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, max_connections: int) -> None:
+        super().__init__(runner, sock, backlog=1024)
+        self.max_connections = max_connections
+        self.turned_away = 0
+        self._warned_at = 0.0
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers with the runner; the server is made below
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) < self.max_connections:
+                return server()
+            self.turned_away += 1
+            if loop.time() - self._warned_at > 10:
+                self._warned_at = loop.time()
+                logger.warning(
+                    f"{self.max_connections} connections open: new ones turned away (503) so the calls"
+                    f" already running keep their file descriptors ({self.turned_away} so far)"
+                )
+            return TurnedAway()
+
+        self._server = await loop.create_server(protocol, sock=self._sock, backlog=1024)
+
+
+def connection_cap(file_limit: int) -> int:
+    """Connections allowed at once under a file limit: all but an eighth (at least 64) of it,
+    left for what the calls themselves open."""
+    return max(16, file_limit - max(64, file_limit // 8))
+
+
 def raise_file_limit() -> int:
     """The soft limit on open files, raised to the hard one: every call holds a socket, and
-    the common soft 1,024 is reached by a few hundred slow clients. The limit now in force."""
+    the common soft 1,024 is reached by a few hundred slow clients. The limit now in force
+    (0 where there is none, or it cannot be read)."""
     try:
         import resource
     except ImportError:  # not on this platform
@@ -92,7 +144,7 @@ def raise_file_limit() -> int:
             soft = hard
         except (ValueError, OSError):
             pass  # a container may refuse: the soft limit stays
-    return soft
+    return 0 if soft == resource.RLIM_INFINITY else soft
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -125,7 +177,11 @@ async def serve(
     inherited from `serve --workers`' supervisor). `record`: list this process in
     server.json; a worker does not, its supervisor is listed once for the whole instance.
     """
-    raise_file_limit()
+    file_limit = raise_file_limit()
+    if sock is None:
+        from voicecli.server.workers import listen
+
+        [sock] = listen(host, port, 1)
     app = create_app(state)
     # Drain has ended every call before cleanup: what is left (a client mid-request) gets
     # the cut's few seconds, not aiohttp's default minute.
@@ -140,15 +196,9 @@ async def serve(
         keepalive_timeout=HEADER_TIMEOUT_S,
     )
     await runner.setup()
-    site: web.BaseSite = web.SockSite(runner, sock) if sock else web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        from voicecli.errors import VoicecliError
-
-        raise VoicecliError(f"cannot listen on {host}:{port}: {exc.strerror}. Try --port.") from None
-    bound_port = runner.addresses[0][1] if runner.addresses else port
+    site = CappedSite(runner, sock, connection_cap(file_limit) if file_limit > 0 else 1_000_000)
+    await site.start()
+    bound_port = sock.getsockname()[1]
     url = http_url(host, bound_port)
     state_dir = state.settings.state_dir
     # Only a server that got its port joins the list the CLI reads.

@@ -102,12 +102,11 @@ def listen(host: str, port: int, count: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-        for _ in range(count if SPREAD_BY_KERNEL else 1):
+        spread = SPREAD_BY_KERNEL and count > 1  # one process: a second `serve` on the port must fail
+        for _ in range(count if spread else 1):
             # The first binds (port 0 picks one); the others join it on the same port.
             bound = sockets[0].getsockname()[1] if sockets else port
-            sockets.append(
-                socket.create_server((host, bound), family=family, backlog=1024, reuse_port=SPREAD_BY_KERNEL)
-            )
+            sockets.append(socket.create_server((host, bound), family=family, backlog=1024, reuse_port=spread))
     except OSError as exc:
         for each in sockets:
             each.close()
