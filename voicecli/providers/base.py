@@ -143,9 +143,10 @@ class StreamMessages:
     the transport keeps using it, so junk and floods are handled the same way everywhere.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, max_size: int):
+    def __init__(self, ws: web.WebSocketResponse, max_size: int, transport: Any = None):
         self.ws = ws
         self.max_size = max_size
+        self.transport = transport  # the socket under `ws`: no longer read once the stream is refused
         self.skipped = 0
         self.last_skip_reason = ""
         self.dropped = 0  # over the budget
@@ -177,6 +178,11 @@ class StreamMessages:
                 self.skip("over the stream's message budget")
                 if self.dropped >= MAX_DROPPED:
                     self.refused = f"the stream sent far more than any provider does ({self.dropped} messages dropped)"
+                    # What it has sent meanwhile is never parsed: the close handshake would
+                    # otherwise read (and burn a core on) up to its timeout's worth of junk.
+                    pause = getattr(self.transport, "pause_reading", None)  # uvloop's is no ReadTransport
+                    if pause is not None:
+                        pause()
                 continue
             if msg.type == WSMsgType.BINARY:
                 self.skip("binary frame")

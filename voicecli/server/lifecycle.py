@@ -386,7 +386,7 @@ class CallOwner:
             ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_LIMIT, heartbeat=None, timeout=self.timeouts.close_s)
             handshake.ws = ws
             await ws.prepare(request)
-            messages = aiter(StreamMessages(ws, SOFT_MESSAGE_LIMIT))
+            messages = aiter(StreamMessages(ws, SOFT_MESSAGE_LIMIT, request.transport))
             admitted = await self._prove(request, provider, agent, ws, messages, deadline, call_id, slot)
             if admitted is not None:
                 slot = None  # the admitted call owns it now

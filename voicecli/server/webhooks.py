@@ -87,6 +87,9 @@ class WebhookSender:
     async def _run(self) -> None:
         store, holder = self.state.store, self.state.holder
         while True:
+            if store.unwritable:  # claims are writes: wait for the store watch to see it back
+                await asyncio.sleep(POLL_S)
+                continue
             try:
                 due = await store.claim_deliveries(holder, BATCH)
             except Exception as exc:  # a store that cannot be read now: try again shortly
