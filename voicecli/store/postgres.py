@@ -312,7 +312,12 @@ class PostgresCallStore:
         if self._kept:  # kept writes first: a call's transcript lines and its end, in order
             async with self._kept_lock:
                 while self._kept:
-                    await self._guarded(self._kept[0])
+                    try:
+                        await self._guarded(self._kept[0])
+                    except StoreUnavailable:
+                        raise
+                    except Exception as exc:  # never writable (not "not now"): dropped, not retried forever
+                        logger.error(f"a kept write could not be made and is dropped: {type(exc).__name__}: {exc}")
                     self._kept.popleft()
         result = await self._guarded(work)
         self._unwritable = None

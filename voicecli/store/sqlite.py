@@ -574,7 +574,12 @@ class SQLiteCallStore:
         # Kept writes first: a call's transcript lines and its end are written in order.
         while self._kept:
             kept, kept_args, kept_kwargs = self._kept[0]
-            self._with_db(kept, *kept_args, **kept_kwargs)
+            try:
+                self._with_db(kept, *kept_args, **kept_kwargs)
+            except sqlite3.Error as exc:  # never writable (not "not now"): dropped, not retried forever
+                from loguru import logger
+
+                logger.error(f"a kept write could not be made and is dropped: {type(exc).__name__}: {exc}")
             self._kept.popleft()
         result = self._with_db(fn, *args, **kwargs)
         # Back only once something was written: many writes read first and may write nothing.
