@@ -14,10 +14,13 @@ from voicecli.services import SERVICES, Kind, ServiceConfig
 from voicecli.services.options import OptionError
 from voicecli.services.script_rules import ScriptRule
 from voicecli.settings_schema import as_http_url
+from voicecli.tools import HttpTool, parse_tools
 
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook"})
+TOP_LEVEL = frozenset(
+    {"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook", "tools"}
+)
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
 
 TurnStrategy = Literal["smart-turn", "silence"]
@@ -64,6 +67,7 @@ class Agent:
     turn: TurnConfig = field(default_factory=TurnConfig)
     # `[webhook] url`: where this agent's call events go (instead of the webhook_url setting).
     webhook_url: str | None = None
+    tools: tuple[HttpTool, ...] = ()  # `[[tools]]`: the user's HTTP services it may call
 
     @property
     def rules(self) -> tuple[ScriptRule, ...]:
@@ -77,6 +81,8 @@ class Agent:
             config: ServiceConfig = getattr(self, kind)
             spec = SERVICES[kind][config.provider]  # type: ignore[index]
             missing += [k for k in spec.missing_keys(config.options, env) if k not in missing]
+        # ${VAR} in a tool's URL or headers: checked at start-up, not at the first call.
+        missing += [v for tool in self.tools for v in tool.variables() if not env.get(v) and v not in missing]
         return missing
 
     def phrases(self) -> list[str]:
@@ -189,6 +195,18 @@ class _Checker:
         except ValueError as exc:
             raise self.fail("webhook.url", str(exc)) from None
 
+    def tools(self, data: Mapping[str, Any], rules: tuple[ScriptRule, ...]) -> tuple[HttpTool, ...]:
+        try:
+            tools = parse_tools(data.get("tools", []))
+        except OptionError as exc:
+            raise self.fail(f"tools{exc.where}", exc.problem) from None
+        names = {tool.name for tool in tools}
+        for index, rule in enumerate(rules):
+            if rule.tool and rule.tool not in names:
+                known = ", ".join(sorted(names)) or "none defined"
+                raise self.fail(f"llm.rules[{index}].tool", f"no [[tools]] entry named {rule.tool!r} ({known})")
+        return tools
+
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
         table = data.get("turn", {})
         if not isinstance(table, dict):
@@ -251,5 +269,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
         turn=check.turn(data),
         webhook_url=check.webhook(data),
+        tools=check.tools(data, llm.options.get("rules", ()) if llm.provider == "script" else ()),
         **extra,
     )

@@ -287,7 +287,7 @@ def check_agents(ctx: Context) -> list[Check]:
         except AgentError as exc:
             checks.append(fail(f"agent {path.stem}", str(exc), f"fix {path}"))
             continue
-        name, missing = f"agent {agent.name}", agent.missing_keys(ctx.settings.env)
+        name, missing = f"agent {agent.name}", agent.missing_keys(ctx.settings.variables)
         if missing:
             checks.append(fail(name, f"keys not set: {', '.join(missing)}", "set them in .env or the environment"))
         else:

@@ -165,6 +165,11 @@ class Settings:
     # What the merge started from, so a change to one layer can be merged again the same way.
     layers: Layers = Layers()
 
+    @property
+    def variables(self) -> Mapping[str, str]:
+        """Every variable of .env and the environment: what an agent's `${VAR}` may name."""
+        return self.layers.env
+
     # The core settings, typed; a provider reads its own through its typed view
     # (`Provider.config`), anything else by name with `get`.
     @property

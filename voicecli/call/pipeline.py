@@ -29,6 +29,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from voicecli.agents import Agent, TurnConfig
 from voicecli.call.models import SharedSileroVAD, SharedSmartTurn
+from voicecli.call.tools import ToolRunner
 from voicecli.call.transport import CallLine, WebsocketTransport
 from voicecli.services import SERVICES, create_service
 
@@ -84,6 +85,7 @@ def build_task(
     line: CallLine,
     env: Mapping[str, str],
     on_transcript: TranscriptSink,
+    tools: ToolRunner | None = None,
 ) -> PipelineWorker:
     """The pipeline task for one call, with the transcript written as the call goes."""
     params = TransportParams(
@@ -96,6 +98,8 @@ def build_task(
     phrases = agent.phrases()
     stt = create_service("stt", agent.stt, env, phrases)
     llm = create_service("llm", agent.llm, env)
+    if tools is not None and hasattr(llm, "attach_tools"):
+        llm.attach_tools(tools)
     tts = create_service("tts", agent.tts, env)
 
     messages: list[Any] = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -13,11 +14,13 @@ from pipecat.workers.runner import WorkerRunner
 
 from voicecli.call.models import load_models
 from voicecli.call.pipeline import build_task
+from voicecli.call.tools import ToolRunner
 from voicecli.call.transport import CallLine
 from voicecli.errors import AgentError
 from voicecli.services import create_service
 
 if TYPE_CHECKING:
+    import aiohttp
     from aiohttp import web
 
     from voicecli.agents import Agent
@@ -50,6 +53,17 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
     gc.freeze()
 
 
+@dataclass(frozen=True)
+class ToolContext:
+    """What a call's HTTP tools need from the server: its client, the signing secret, and
+    the call's facts sent with every request (id, provider, agent, direction, from, to)."""
+
+    http: aiohttp.ClientSession
+    secret: str
+    call: Mapping[str, str | None]
+    variables: Mapping[str, str]  # for `${VAR}` in the tools' URLs and headers
+
+
 class CallSession:
     """Runs one call's pipeline over its media WebSocket; says how the call ended.
 
@@ -68,6 +82,7 @@ class CallSession:
         messages: AsyncIterator[tuple[str, dict[str, Any]]],
         store: CallStore,
         env: dict[str, str],
+        tools: ToolContext | None = None,
     ):
         self.call_id = call_id
         self.agent = agent
@@ -85,7 +100,17 @@ class CallSession:
         self.line = CallLine(
             ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log, on_key=self._key_pressed
         )
-        self.task = build_task(agent, self.line, env, self._transcript)
+        runner = None
+        if tools is not None and agent.tools:
+            runner = ToolRunner(
+                agent.tools,
+                http=tools.http,
+                secret=tools.secret,
+                env=tools.variables,
+                call=tools.call,
+                transcript=self._transcript,
+            )
+        self.task = build_task(agent, self.line, env, self._transcript, runner)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending: set[asyncio.Task[Any]] = set()
 

@@ -58,7 +58,7 @@ def serve(
     flags = {"public_base_url": public_base_url, "provider": provider, "workers": workers, "database_url": database}
     settings = load_settings(config_path=config, flags=flags)
     agents = load_agents(agents_dir, agent)
-    require_keys(agents, settings.env)
+    require_keys(agents, settings.variables)
     if tunnel and public_base_url:
         raise VoicecliError("--tunnel sets the public URL itself: drop --public-base-url")
     if tunnel:

@@ -49,7 +49,7 @@ from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, Stor
 from voicecli.store.records import parse_iso
 
 if TYPE_CHECKING:
-    from voicecli.call.session import CallSession
+    from voicecli.call.session import CallSession, ToolContext
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.server.state import ServerState
 
@@ -93,6 +93,7 @@ class LiveCall:
     provider_call_id: str | None  # the signed webhook's, else the stream's: where hang-up goes
     slot: Slot
     ws: web.WebSocketResponse
+    record: CallRecord | None = None  # as admitted: who called whom, for the agent's tools
     session: CallSession | None = None
     error: str | None = None  # the session could not be built or run
 
@@ -499,7 +500,7 @@ class CallOwner:
                 f"stream names {name} call {start.provider_call_id}, the webhook {record.provider_call_id}: "
                 "the webhook's is the one hung up"
             )
-        live = LiveCall(record.id, provider, record.provider_call_id or start.provider_call_id, slot, ws)
+        live = LiveCall(record.id, provider, record.provider_call_id or start.provider_call_id, slot, ws, record)
         return live, start
 
     async def _run(
@@ -509,7 +510,9 @@ class CallOwner:
 
         call, start = admitted
         async with self._owned(call):
+            served = self.state.agents[agent]
             call.session = CallSession(
+                tools=self._tool_context(call) if served.tools else None,
                 call_id=call.call_id,
                 agent=self.state.agents[agent],
                 provider=call.provider,
@@ -524,6 +527,16 @@ class CallOwner:
                 return
             # A stream vouched for before the drain began is admitted, and ended politely.
             await call.session.run(end_after_greeting=self._ending)
+
+    def _tool_context(self, call: LiveCall) -> ToolContext:
+        from voicecli.call.session import ToolContext
+
+        record, webhooks = call.record, self.state.webhooks
+        assert record is not None and webhooks is not None, "an admitted call has its record; the app its sender"
+        facts: dict[str, str | None] = {"id": record.id, "provider": record.provider, "agent": record.agent}
+        facts["direction"] = record.direction
+        facts |= {"from": record.from_number, "to": record.to_number}
+        return ToolContext(self.state.require_http(), webhooks.secret, facts, self.state.settings.variables)
 
     @asynccontextmanager
     async def _owned(self, call: LiveCall) -> AsyncIterator[LiveCall]:

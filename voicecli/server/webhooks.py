@@ -11,8 +11,6 @@ receiver never touches a call: sending runs on its own task and HTTP client.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ import aiohttp
 from loguru import logger
 
 from voicecli.runtime import WEBHOOK_SECRET_FILE, write_private
+from voicecli.signing import signature
 
 if TYPE_CHECKING:
     from voicecli.server.state import ServerState
@@ -33,12 +32,6 @@ FIRST_RETRY_S = 1.0  # then doubling, up to webhook_backoff_max_s
 POLL_S = 0.5  # how soon a new event goes out
 BATCH = 8  # deliveries sent at once by one process
 RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
-
-
-def signature(secret: str, timestamp: int, body: str) -> str:
-    """`X-Voicecli-Signature`: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
 
 
 def backoff_s(tries: int, cap_s: float) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipecat.frames.frames import (
     EndWorkerFrame,
@@ -19,7 +20,29 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecli.services.script_rules import ScriptRule
 
+if TYPE_CHECKING:
+    from voicecli.call.tools import ToolRunner
+
 END_REASON = "agent ended the call"
+SLOW_S = 1.0  # a tool slower than this gets its `say_while_waiting` spoken
+_QUOTED = re.compile(r"\{result((?:\.[A-Za-z0-9_]+)*)\}")
+
+
+def quote_result(reply: str, result: Any) -> str:
+    """`reply` with each `{result.a.b}` replaced by that field of the tool's result (`{result}`:
+    all of it); KeyError when the tool failed or a field is missing."""
+    if isinstance(result, dict) and set(result) == {"error"}:
+        raise KeyError("error")
+
+    def field(match: re.Match[str]) -> str:
+        value = result
+        for name in filter(None, match.group(1).split(".")):
+            if not isinstance(value, dict) or name not in value:
+                raise KeyError(name)
+            value = value[name]
+        return str(value)
+
+    return _QUOTED.sub(field, reply)
 
 
 def match_rule(rules: Sequence[ScriptRule], text: str) -> ScriptRule | None:
@@ -51,18 +74,58 @@ class ScriptLLMService(FrameProcessor):
         self._fallback = fallback
         self._dtmf = {rule.dtmf: rule for rule in rules if rule.dtmf}
         self._ending = False
+        self._tools: ToolRunner | None = None
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+
+    def attach_tools(self, tools: ToolRunner) -> None:
+        """The call's HTTP tools, for rules with `tool = ...`."""
+        self._tools = tools
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextFrame):
             if not getattr(frame, "speculation", False):
-                rule = match_rule(self._rules, _last_user_text(frame))
-                await self._reply(rule.reply if rule else self._fallback, rule)
+                await self._answer(match_rule(self._rules, _last_user_text(frame)))
         elif isinstance(frame, InputDTMFFrame):
-            rule = self._dtmf.get(frame.button.value)
-            await self._reply(rule.reply if rule else self._fallback, rule)
+            await self._answer(self._dtmf.get(frame.button.value))
         else:
             await self.push_frame(frame, direction)
+
+    async def _answer(self, rule: ScriptRule | None) -> None:
+        if rule is None:
+            await self._reply(self._fallback, None)
+        elif rule.tool is None:
+            await self._reply(rule.reply, rule)
+        else:
+            # On a task of its own: a frame being processed is cancelled by any interruption
+            # (a key press, the caller speaking), and the reply must follow the tool's answer.
+            task = self.create_task(self._answer_with_tool(rule))
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+
+    async def _answer_with_tool(self, rule: ScriptRule) -> None:
+        assert rule.tool is not None
+        result = await self._call_tool(rule.tool, rule.arguments)
+        try:
+            text = quote_result(rule.reply, result)
+        except KeyError:
+            text = rule.error_reply
+        await self._reply(text, rule)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        for task in list(self._tool_tasks):
+            await self.cancel_task(task)
+
+    async def _call_tool(self, name: str, arguments: Any) -> Any:
+        if self._tools is None:
+            return {"error": "tools are not available on this call"}
+        call = asyncio.ensure_future(self._tools.run(name, arguments))
+        done, _ = await asyncio.wait({call}, timeout=SLOW_S)
+        tool = self._tools.tools.get(name)
+        if not done and tool is not None and tool.say_while_waiting:
+            await self._reply(tool.say_while_waiting, None)
+        return await call
 
     async def _reply(self, text: str, rule: ScriptRule | None) -> None:
         if self._ending:

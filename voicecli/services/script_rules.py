@@ -5,23 +5,28 @@ Stdlib only: agents are validated with it at start-up, before any service is imp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from voicecli.services.options import OptionError, text
 
 DTMF_KEYS = frozenset("0123456789*#")
-RULE_KEYS = frozenset({"keywords", "dtmf", "reply", "end_call"})
+RULE_KEYS = frozenset({"keywords", "dtmf", "reply", "end_call", "tool", "arguments", "error_reply"})
+ERROR_REPLY = "Sorry, I could not do that right now."
 
 
 @dataclass(frozen=True)
 class ScriptRule:
     """A `[[llm.rules]]` entry of the offline `script` LLM."""
 
-    reply: str
+    reply: str  # with a tool, it may quote the result's fields: "Your order is {result.status}."
     keywords: tuple[str, ...] = ()
     dtmf: str | None = None
     end_call: bool = False
+    tool: str | None = None  # a [[tools]] entry's name (the agent checks it exists)
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    error_reply: str = ERROR_REPLY  # said when the tool fails or a quoted field is missing
 
 
 def parse_rules(raw: Any) -> tuple[ScriptRule, ...]:
@@ -53,4 +58,24 @@ def _rule(entry: Any, where: str) -> ScriptRule:
     end_call = entry.get("end_call", False)
     if not isinstance(end_call, bool):
         raise OptionError("must be true or false", f"{where}.end_call")
-    return ScriptRule(reply, tuple(k.strip().lower() for k in keywords or ()), dtmf, end_call)
+    tool, arguments = entry.get("tool"), entry.get("arguments", {})
+    if tool is not None and (not isinstance(tool, str) or not tool.strip()):
+        raise OptionError("must be a tool's name", f"{where}.tool")
+    if not isinstance(arguments, dict):
+        raise OptionError('must be a table, e.g. { order_number = "12345" }', f"{where}.arguments")
+    if arguments and tool is None:
+        raise OptionError("arguments need a tool", f"{where}.arguments")
+    error_reply = entry.get("error_reply", ERROR_REPLY)
+    if not isinstance(error_reply, str) or not error_reply.strip():
+        raise OptionError("must be a non-empty string", f"{where}.error_reply")
+    if tool == "end_call":  # the built-in: say the reply, then hang up
+        tool, end_call = None, True
+    return ScriptRule(
+        reply,
+        tuple(k.strip().lower() for k in keywords or ()),
+        dtmf,
+        end_call,
+        tool.strip() if tool else None,
+        arguments,
+        error_reply.strip(),
+    )

@@ -28,7 +28,7 @@ CallStatus = Literal[
     "no-stream",
 ]
 Direction = Literal["inbound", "outbound"]
-Role = Literal["caller", "agent"]
+Role = Literal["caller", "agent", "tool"]  # tool: an HTTP tool's call and result
 
 CALL_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
 TERMINAL_STATUSES: frozenset[str] = frozenset(
@@ -171,7 +171,7 @@ def check_ending(status: str) -> None:
 
 def transcript_stamp(role: str, at: str | None) -> str:
     """An utterance's role checked and its time normalised (now when not given)."""
-    if role not in ("caller", "agent"):
+    if role not in get_args(Role):
         raise ValueError(f"unknown transcript role {role!r}")
     return format_iso(parse_iso(at)) if at is not None else utcnow_iso()
 

@@ -1,0 +1,91 @@
+"""Calling an agent's HTTP tools during a call: signed requests, bounded, never fatal.
+
+Whatever happens (a timeout, a refused connection, a non-2xx answer, a body over 64 KB),
+the caller of `run` gets a result: the tool's answer (JSON, else its text) or
+`{"error": "<what happened>"}`. The call always goes on. Each call and result becomes a
+transcript row (role `tool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from voicecli.signing import signed
+from voicecli.tools import HttpTool
+
+MAX_RESULT_BYTES = 64 * 1024
+Transcript = Callable[[str, str], Awaitable[None]]
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+class ToolRunner:
+    """One call's tools: sends each request as README ("Tools") describes, signed."""
+
+    def __init__(
+        self,
+        tools: tuple[HttpTool, ...],
+        *,
+        http: aiohttp.ClientSession,
+        secret: str,
+        env: Mapping[str, str],
+        call: Mapping[str, str | None],
+        transcript: Transcript,
+    ) -> None:
+        self.tools = {tool.name: tool for tool in tools}
+        self.http, self.secret, self.env, self.call = http, secret, env, dict(call)
+        self.transcript = transcript
+
+    async def run(self, name: str, arguments: Mapping[str, Any]) -> Any:
+        """The tool's result, or `{"error": ...}`; both are written to the transcript."""
+        tool = self.tools.get(name)
+        if tool is None:
+            result: Any = {"error": f"no tool named {name!r}"}
+        else:
+            result = await self._request(tool, dict(arguments))
+        await self.transcript("tool", f"{name}({_short(dict(arguments))}) -> {_short(result)}")
+        return result
+
+    async def _request(self, tool: HttpTool, arguments: dict[str, Any]) -> Any:
+        headers = {name: tool.expand(value, self.env) for name, value in tool.headers}
+        url = tool.expand(tool.url, self.env)
+        if tool.method == "GET":
+            # Arguments and the call's id as the query; the signature covers the query string.
+            query = urlencode(
+                {k: v if isinstance(v, str) else json.dumps(v) for k, v in arguments.items()}
+                | {"call_id": self.call.get("id") or ""}
+            )
+            request = self.http.get(
+                f"{url}{'&' if '?' in url else '?'}{query}", headers={**headers, **signed(self.secret, query)}
+            )
+        else:
+            body = json.dumps({"tool": tool.name, "arguments": arguments, "call": self.call})
+            headers = {**headers, "Content-Type": "application/json", **signed(self.secret, body)}
+            request = self.http.post(url, data=body.encode(), headers=headers)
+        try:
+            async with asyncio.timeout(tool.timeout_s):
+                async with request as resp:
+                    raw = await resp.content.read(MAX_RESULT_BYTES + 1)
+                    status = resp.status
+        except TimeoutError:
+            return {"error": f"{tool.name} did not answer within {tool.timeout_s:g} s"}
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return {"error": f"{tool.name} could not be reached: {type(exc).__name__}: {exc}".rstrip(": ")}
+        if not 200 <= status < 300:
+            return {"error": f"{tool.name} answered HTTP {status}"}
+        if len(raw) > MAX_RESULT_BYTES:
+            return {"error": f"{tool.name} answered more than {MAX_RESULT_BYTES // 1024} KB"}
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):  # not JSON (or nested past the parser): its text
+            return text.strip()
