@@ -18,7 +18,7 @@ from voicecli.settings_schema import as_http_url
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOP_LEVEL = frozenset({"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook"})
-CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s"})
+CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record"})
 
 TurnStrategy = Literal["smart-turn", "silence"]
 TURN_STRATEGIES: tuple[TurnStrategy, ...] = ("smart-turn", "silence")
@@ -64,6 +64,8 @@ class Agent:
     turn: TurnConfig = field(default_factory=TurnConfig)
     # `[webhook] url`: where this agent's call events go (instead of the webhook_url setting).
     webhook_url: str | None = None
+    # `[call] record`: each call written to `{recordings_dir}/{call_id}.wav` (call/recording.py).
+    record: bool = False
 
     @property
     def rules(self) -> tuple[ScriptRule, ...]:
@@ -236,6 +238,9 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
     if not isinstance(call, dict):
         raise check.fail("[call]", "must be a table")
     check.unknown(call, CALL_KEYS, "call.")
+    record = call.get("record", False)
+    if not isinstance(record, bool):
+        raise check.fail("call.record", "must be true or false")
     if llm.provider != "script" and not system_prompt:
         raise check.fail("system_prompt", f"the {llm.provider} LLM needs a system prompt")
     extra = {"goodbye": goodbye} if goodbye else {}
@@ -251,5 +256,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
         turn=check.turn(data),
         webhook_url=check.webhook(data),
+        record=record,
         **extra,
     )
