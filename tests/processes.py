@@ -36,8 +36,12 @@ async def run_voicecli(
 
 
 @contextmanager
-def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`voicecli serve --agent demo` in a child process logging to serve.log; killed and reaped after."""
+def serving(
+    project: Path, env: Mapping[str, str], *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`voicecli serve --agent demo` in a child process logging to serve.log; killed and reaped after.
+
+    `preexec_fn` runs in the child before voicecli starts (a resource limit, say)."""
     with (project / "serve.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "voicecli", "serve", "--agent", "demo", "--port", "0", *extra],
@@ -45,6 +49,7 @@ def serving(project: Path, env: Mapping[str, str], *extra: str) -> Iterator[subp
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
     try:
         yield proc
