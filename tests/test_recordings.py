@@ -21,7 +21,7 @@ from tests.processes import serving, until
 from tests.test_shutdown import _wait_for_server
 from tests.wire import WireCall, in_store, only_call_when_ended
 from voicecli.call.audio import silence, ulaw_decode, ulaw_encode
-from voicecli.call.recording import RATE, repair, wav_header
+from voicecli.call.recording import JITTER_S, RATE, CallRecorder, repair, wav_header
 from voicecli.cli import app
 from voicecli.emulator.simulator import speech
 from voicecli.server.recordings import REPAIRED
@@ -214,6 +214,47 @@ async def test_the_recording_api_says_when_there_is_none_or_it_is_elsewhere(proj
                 assert words in (await resp.json())["error"]
 
 
+async def test_a_recording_the_disk_refuses_to_start_leaves_the_call_going(project, start_server) -> None:
+    record_demo(project)
+    (project / "blocked").write_text("a file where the recordings folder should be\n")
+    server = await start_server(VOICECLI_RECORDINGS_DIR="blocked/recordings")
+    async with aiohttp.ClientSession() as http:
+        wire = WireCall(server.state.settings, server.url)
+        caller = Caller(wire, await wire.open(http))
+        await until(lambda: caller.first_heard, 10, "the greeting")  # the call goes on, unrecorded
+        await caller.hang_up()
+        record = await only_call_when_ended(server.state.store)
+        async with http.get(f"{server.url}/api/calls/{record.id}/recording", headers=server.headers) as resp:
+            assert resp.status == 404 and "recording not started" in (await resp.json())["error"]
+    assert record.status == "completed" and record.recording_path is None
+    assert record.recording_error and "recording not started" in record.recording_error
+    assert str(project / "blocked" / "recordings") in record.recording_error
+
+
+async def test_agent_audio_a_barge_in_cleared_is_not_in_the_recording(tmp_path: Path) -> None:
+    # The call's clock, moved by hand: the file's layout is what the clock says, not the test's pace.
+    now = [100.0]
+    recorder = await CallRecorder.open(tmp_path / "barge.wav", clock=lambda: now[0])
+    tone = (np.full(RATE * 2, 8000, dtype="<i2")).tobytes()
+    recorder.agent(tone, RATE, plays_at=100.5)  # two seconds sent at once, playing from 0.5 s
+    now[0] = 101.0
+    recorder.cleared(101.0)  # the caller barged in at 1 s: the rest was never heard
+    # Caller frames read late in a burst at 1.2 s: spoken just before, never ahead of now.
+    now[0] = 101.2
+    for _ in range(10):
+        recorder.caller(np.full(160, 3000, dtype="<i2").tobytes(), RATE)
+    now[0] = 101.5
+    seconds, error = await recorder.close()
+    assert error is None and seconds == pytest.approx(1.5, abs=0.01)
+    left, right = channels(tmp_path / "barge.wav")
+    assert onset(right) == pytest.approx(0.5, abs=0.001)
+    assert np.all(right[round(0.5 * RATE) : RATE] == 8000) and not right[RATE:].any()
+    # All 200 ms of it, unbroken, ending no later than a network jitter's allowance after now.
+    said = round(onset(left) * RATE)
+    assert RATE <= said <= round((1.0 + JITTER_S) * RATE)
+    assert np.all(left[said : said + 1600] == 3000) and not left[said + 1600 :].any() and not left[:said].any()
+
+
 def test_repair_gives_a_killed_recording_its_length(tmp_path: Path) -> None:
     path = tmp_path / "cut.wav"
     audio = np.arange(-4000, 4000, dtype="<i2").tobytes()
@@ -250,6 +291,9 @@ async def test_a_killed_server_leaves_a_recording_that_plays_up_to_the_kill(proj
     path = Path(record.recording_path or "")
     with wave.open(str(path)) as wav:
         assert wav.getnframes() == 0  # the header a kill leaves: no length yet
+    # No server: the CLI reads the store, and will not hand out a file still missing its length.
+    unfinished = await asyncio.to_thread(runner.invoke, app, ["calls", "recording", record.id])
+    assert unfinished.exit_code == 1 and "not finished" in unfinished.output
 
     with serving(project, _serve_env()) as proc:
         url = await _wait_for_server(project, proc)

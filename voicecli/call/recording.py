@@ -122,7 +122,7 @@ class CallRecorder:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> CallRecorder:
+    async def open(cls, path: Path, clock: Callable[[], float] = time.monotonic) -> CallRecorder:
         """Create the file (mode 0600, as transcripts are) and start writing; OSError if the disk refuses."""
 
         def create() -> int:
@@ -135,7 +135,7 @@ class CallRecorder:
                 raise
             return fd
 
-        recorder = cls(path, await asyncio.to_thread(create))
+        recorder = cls(path, await asyncio.to_thread(create), clock)
         recorder._task = asyncio.create_task(recorder._writing())
         return recorder
 
