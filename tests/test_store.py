@@ -928,6 +928,7 @@ async def test_a_calls_webhook_events_are_written_with_its_changes_exactly_once(
     call = await store.create(provider="twilio", agent="demo", direction="inbound", webhook_url=url)
     await store.claim_stream(call.id, provider="twilio", agent="demo", instance=None, provider_call_id="CA1")
     await store.add_transcript(call.id, "agent", "Hello!")
+    await store.set_recording(call.id, path="/var/voicecli/rec.wav", seconds=4.5)  # no event of its own
     await store.finish(call.id, "completed", "caller hung up")
     await store.finish(call.id, "failed", "a second end changes nothing")
     await store.finish(quiet.id, "completed", "no webhook, no event")
@@ -940,6 +941,8 @@ async def test_a_calls_webhook_events_are_written_with_its_changes_exactly_once(
     )
     ended = json.loads(next(d.body for d in found if d.call_id == call.id and d.event == "call.ended"))
     assert ended["call"]["status"] == "completed" and ended["call"]["transcript"][0]["text"] == "Hello!"
+    # The recording's length is the receiver's; where it lies on the server's disk is not.
+    assert ended["call"]["recording_s"] == 4.5 and "recording_path" not in ended["call"]
     assert {d.url for d in found} == {url} and all(d.status == "pending" and d.tries == 0 for d in found)
 
     # Each due delivery goes to one claimer at a time, whichever process asks.
