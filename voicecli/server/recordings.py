@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from voicecli.server.state import ServerState
     from voicecli.store import CallRecord, CallStore
 
+# The most a call's ending waits for its recording to close: a disk that hangs (a stuck
+# network mount) must not keep the call's slot and record open.
+CLOSE_LIMIT_S = 10.0
 # What a recording cut short by a killed server says in its record once repaired.
 REPAIRED = "recording cut short: its server stopped unexpectedly (header repaired at the next start)"
 
@@ -49,7 +52,11 @@ async def finish_recording(state: ServerState, call_id: str, recorder: CallRecor
     the call's ending goes on whatever becomes of its recording."""
     log = logger.bind(call_id=call_id)
     try:
-        seconds, error = await recorder.close()
+        try:
+            seconds, error = await asyncio.wait_for(recorder.close(), CLOSE_LIMIT_S)
+        except TimeoutError:
+            seconds = recorder.seconds
+            error = f"recording not finished: the disk did not answer within {CLOSE_LIMIT_S:g} s"
         if error:
             log.warning(error)
         await state.store.set_recording(call_id, seconds=seconds, error=error)
