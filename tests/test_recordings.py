@@ -301,8 +301,9 @@ async def test_a_killed_server_leaves_a_recording_that_plays_up_to_the_kill(proj
         assert record.status == "interrupted"
         assert record.recording_error == REPAIRED
         left, right = channels(path)
-        # Everything up to the kill, less what had not yet left memory (its last quarter second or so).
-        assert killed - opened - 0.7 < len(left) / RATE < killed - opened + 0.1
+        # Everything up to the kill, less what had not yet left memory (up to half a second, and
+        # room for a busy machine).
+        assert killed - opened - 1.0 < len(left) / RATE < killed - opened + 0.1
         assert record.recording_s == pytest.approx(len(left) / RATE, abs=0.01)
         greeting = onset(right)
         assert np.abs(right[round(greeting * RATE) :]).max() > 5000  # the greeting, as heard up to the kill
