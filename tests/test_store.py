@@ -52,6 +52,9 @@ API_KEYS = [
     "duration_s",
     "end_reason",
     "instance",
+    "recording_path",
+    "recording_s",
+    "recording_error",
 ]
 BACKENDS = {"sqlite": SQLiteCallStore, "postgres": PostgresCallStore}
 
@@ -259,9 +262,46 @@ async def test_transcript_in_order_and_the_api_json_shape(store: CallStore) -> N
     assert plain["from"] == "+1" and plain["to"] is None and plain["id"] == record.id
     full = json.loads(json.dumps(record.to_json(entries)))
     assert list(full) == [*API_KEYS, "transcript"]
-    assert full["transcript"][0] == {"role": "agent", "text": "Hello, how can I help?", "at": entries[0].at}
-    assert all(list(item) == ["role", "text", "at"] for item in full["transcript"])
+    assert full["transcript"][0] == {
+        "role": "agent",
+        "text": "Hello, how can I help?",
+        "at": entries[0].at,
+        "latency_ms": None,
+    }
+    assert all(list(item) == ["role", "text", "at", "latency_ms"] for item in full["transcript"])
     assert record.to_json([])["transcript"] == []
+
+
+async def test_a_recording_and_reply_latency_are_kept_with_the_call(store: CallStore, location: str) -> None:
+    live = await store.create(provider="twilio", agent="demo", direction="inbound", status="in-progress")
+    killed = await store.create(provider="twilio", agent="demo", direction="inbound", status="in-progress")
+    for record in (live, killed):
+        await store.set_recording(record.id, path=f"/recordings/{record.id}.wav")
+    await store.add_transcript(live.id, "agent", "Hello!")
+    await store.add_transcript(live.id, "caller", "Prices?")
+    await store.add_transcript(live.id, "agent", "Twenty dollars.", latency_ms=640)
+    await store.finish(killed.id, "interrupted", "its server stopped unexpectedly")
+    # Only an ended call whose recording was never closed needs repair; a live one is being written.
+    assert [r.id for r in await store.unfinished_recordings()] == [killed.id]
+
+    await store.set_recording(live.id, seconds=12.5, error="disk full")
+    await store.finish(live.id, "completed", "caller hung up")
+    await store.set_recording(killed.id, seconds=3.25)  # after the end too: the status is not touched
+    reopened = await _opened(location)
+    try:
+        got = await reopened.get(live.id)
+        assert got is not None and got.status == "completed"
+        assert (got.recording_path, got.recording_s, got.recording_error) == (
+            f"/recordings/{live.id}.wav",
+            12.5,
+            "disk full",
+        )
+        assert [e.latency_ms for e in await reopened.transcript(live.id)] == [None, None, 640]
+        repaired = await reopened.get(killed.id)
+        assert repaired is not None and repaired.recording_s == 3.25 and repaired.status == "interrupted"
+        assert await reopened.unfinished_recordings() == []
+    finally:
+        await reopened.close()
 
 
 async def test_the_first_end_wins_and_ending_again_changes_nothing(store: CallStore) -> None:
@@ -888,6 +928,7 @@ async def test_a_calls_webhook_events_are_written_with_its_changes_exactly_once(
     call = await store.create(provider="twilio", agent="demo", direction="inbound", webhook_url=url)
     await store.claim_stream(call.id, provider="twilio", agent="demo", instance=None, provider_call_id="CA1")
     await store.add_transcript(call.id, "agent", "Hello!")
+    await store.set_recording(call.id, path="/var/voicecli/rec.wav", seconds=4.5)  # no event of its own
     await store.finish(call.id, "completed", "caller hung up")
     await store.finish(call.id, "failed", "a second end changes nothing")
     await store.finish(quiet.id, "completed", "no webhook, no event")
@@ -900,6 +941,8 @@ async def test_a_calls_webhook_events_are_written_with_its_changes_exactly_once(
     )
     ended = json.loads(next(d.body for d in found if d.call_id == call.id and d.event == "call.ended"))
     assert ended["call"]["status"] == "completed" and ended["call"]["transcript"][0]["text"] == "Hello!"
+    # The recording's length is the receiver's; where it lies on the server's disk is not.
+    assert ended["call"]["recording_s"] == 4.5 and "recording_path" not in ended["call"]
     assert {d.url for d in found} == {url} and all(d.status == "pending" and d.tries == 0 for d in found)
 
     # Each due delivery goes to one claimer at a time, whichever process asks.

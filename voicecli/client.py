@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
 from voicecli.errors import ServerNotRunningError, VoicecliError
@@ -64,6 +66,36 @@ class ApiClient:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params)
+
+    def download(self, path: str, dest: Path) -> int:
+        """GET `path` into the file `dest` as it arrives (a call's WAV can be long); bytes written."""
+        req = urllib.request.Request(f"{self.base_url}{path}")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return save_stream(resp, dest)
+        except urllib.error.HTTPError as exc:
+            raise VoicecliError(f"GET {path}: HTTP {exc.code}: {_reason(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.filename:  # our own file, not the network
+                raise VoicecliError(f"cannot write {exc.filename}: {exc.strerror}") from None
+            raise ServerNotRunningError(
+                f"no voicecli server answers at {self.base_url} ({getattr(exc, 'reason', exc)}); {START_HINT}"
+            ) from None
+
+
+def save_stream(source: BinaryIO, dest: Path) -> int:
+    """Copy `source` to `dest` through a temporary file beside it: a broken copy leaves no `dest`."""
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        with partial.open("wb") as out:
+            shutil.copyfileobj(source, out, 64 * 1024)
+        partial.replace(dest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return dest.stat().st_size
 
 
 def _reason(exc: urllib.error.HTTPError) -> str:

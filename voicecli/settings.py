@@ -50,6 +50,13 @@ def _as_database_url(value: Any) -> str:
     return text
 
 
+def _as_folder(value: Any) -> str:
+    text = as_str(value)
+    if not text:
+        raise ValueError("must be a folder path")
+    return text
+
+
 def _as_positive(most: float) -> Any:
     def check(value: Any) -> float:
         try:
@@ -129,6 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
         show=hide_password,
     ),
     Setting(
+        "recordings_dir",
+        f"{STATE_DIR}/recordings",
+        _as_folder,
+        "where agents with [call] record = true write each call's WAV (relative: to the project)",
+        file_only=True,
+        env="VOICECLI_RECORDINGS_DIR",
+    ),
+    Setting(
         "workers",
         1,
         _as_workers,
@@ -191,6 +206,11 @@ class Settings:
     @property
     def workers(self) -> int | str:
         return self.values["workers"]
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where this instance writes recordings: on its own disk, so file-only."""
+        return self.project_dir / self.values["recordings_dir"]
 
     @property
     def state_dir(self) -> Path:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from voicecli.agents import Agent
+    from voicecli.call.recording import CallRecorder
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.store import CallStatus, CallStore
 
@@ -83,6 +84,7 @@ class CallSession:
         store: CallStore,
         env: dict[str, str],
         tools: ToolContext | None = None,
+        recorder: CallRecorder | None = None,
     ):
         self.call_id = call_id
         self.agent = agent
@@ -98,7 +100,14 @@ class CallSession:
         # What the provider said became of the call, when its callback ended it.
         self.provider_status: CallStatus | None = None
         self.line = CallLine(
-            ws, messages, start.serializer, provider.is_stop, self._caller_gone, self.log, on_key=self._key_pressed
+            ws,
+            messages,
+            start.serializer,
+            provider.is_stop,
+            self._caller_gone,
+            self.log,
+            on_key=self._key_pressed,
+            recorder=recorder,
         )
         runner = None
         if tools is not None and agent.tools:
@@ -158,8 +167,9 @@ class CallSession:
         task.add_done_callback(self._pending.discard)
 
     async def _transcript(self, role: str, text: str) -> None:
-        self.log.info(f"{role}: {text}")
-        await self.store.add_transcript(self.call_id, role, text)  # type: ignore[arg-type]
+        latency = self.line.take_reply_latency() if role == "agent" else None
+        self.log.info(f"{role}: {text}" + (f" ({latency} ms)" if latency is not None else ""))
+        await self.store.add_transcript(self.call_id, role, text, latency_ms=latency)  # type: ignore[arg-type]
 
     async def _key_pressed(self, digit: str) -> None:
         # In the transcript as the caller's, in order with what was said.

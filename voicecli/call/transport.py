@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from loguru import logger
@@ -27,12 +27,16 @@ from pipecat.frames.frames import (
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
     StartFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+if TYPE_CHECKING:
+    from voicecli.call.recording import CallRecorder
 
 Messages = AsyncIterator[tuple[str, dict[str, Any]]]
 
@@ -52,6 +56,7 @@ class CallLine:
         on_caller_gone: Callable[[str], Awaitable[None]],
         log: Any = logger,
         on_key: Callable[[str], Awaitable[None]] | None = None,
+        recorder: CallRecorder | None = None,
     ):
         self.ws = ws
         self.messages = messages
@@ -64,6 +69,12 @@ class CallLine:
         self.audio_sent_s = 0.0
         # Monotonic time at which the caller will have heard everything sent so far.
         self.playout_end = 0.0
+        self.recorder = recorder  # both sides of the call, as the caller heard them
+        # Per-turn latency (README, "Latency"): the caller's last sound by the voice detector,
+        # the one the last reply answered, and the latency of the reply not yet transcribed.
+        self.last_speech: float | None = None
+        self._answered: float | None = None
+        self._reply_latency_ms: int | None = None
 
     @property
     def bad_messages(self) -> int:
@@ -87,10 +98,44 @@ class CallLine:
             return False
         return True
 
-    def note_audio(self, seconds: float) -> None:
+    def note_audio(self, pcm16: bytes, rate: int, channels: int = 1) -> None:
+        """Agent audio just sent: when the caller hears it, and the recording's right channel."""
         now = time.monotonic()
-        self.playout_end = max(self.playout_end, now) + seconds
+        plays_at = max(self.playout_end, now)
+        if plays_at == now:
+            self._reply_starts(now)
+        seconds = len(pcm16) / (2 * rate * channels)
+        self.playout_end = plays_at + seconds
         self.audio_sent_s += seconds
+        if self.recorder is not None:
+            self.recorder.agent(pcm16, rate, plays_at)
+
+    def note_caller_audio(self, pcm16: bytes, rate: int) -> None:
+        if self.recorder is not None:
+            self.recorder.caller(pcm16, rate)
+
+    def clear_playout(self) -> None:
+        """The provider was told to drop the agent audio it holds (barge-in): none of it is heard."""
+        now = time.monotonic()
+        self.playout_end = now
+        if self.recorder is not None:
+            self.recorder.cleared(now)
+
+    def caller_stopped(self, wall_time: float) -> None:
+        """The voice detector's stop: the caller's last sound was at `wall_time` (time.time())."""
+        self.last_speech = time.monotonic() - max(0.0, time.time() - wall_time)
+
+    def _reply_starts(self, now: float) -> None:
+        # The caller is hearing silence and agent audio starts: a reply, when the caller has
+        # spoken since the last one began. Its first frame plays at once (nothing queued).
+        if self.last_speech is not None and self.last_speech != self._answered:
+            self._answered = self.last_speech
+            self._reply_latency_ms = max(0, round((now - self.last_speech) * 1000))
+
+    def take_reply_latency(self) -> int | None:
+        """The latency of the reply now transcribed (None for one that answered no speech)."""
+        latency, self._reply_latency_ms = self._reply_latency_ms, None
+        return latency
 
     async def wait_playout(self, limit_s: float = 15.0) -> None:
         """Wait until the caller has heard the audio already sent (bounded)."""
@@ -161,6 +206,7 @@ class WebsocketInput(BaseInputTransport):
             if frame is None:
                 continue
             if isinstance(frame, InputAudioRawFrame):
+                line.note_caller_audio(frame.audio, frame.sample_rate)
                 pending.append(frame.audio)
                 pending_bytes += len(frame.audio)
                 if pending_bytes * 1000 < INPUT_FRAME_MS * frame.sample_rate * 2 * frame.num_channels:
@@ -218,7 +264,9 @@ class WebsocketOutput(BaseOutputTransport):
         if isinstance(frame, InterruptionFrame):
             await self._write_frame(frame)
             self._next_send_time = 0.0
-            self._line.playout_end = time.monotonic()
+            self._line.clear_playout()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._line.caller_stopped(frame.timestamp - frame.stop_secs)
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM) -> None:
         # The end of an utterance: a serializer that buffers audio into provider-sized
@@ -240,7 +288,7 @@ class WebsocketOutput(BaseOutputTransport):
         )
         if not await self._write_frame(frame):
             return False
-        self._line.note_audio(len(frame.audio) / (2 * self.sample_rate * frame.num_channels))
+        self._line.note_audio(frame.audio, self.sample_rate, frame.num_channels)
         now = time.monotonic()
         delay = max(0.0, self._next_send_time - now)
         await asyncio.sleep(delay)

@@ -106,6 +106,40 @@ def show(
     stdout().print(call_detail(call))
 
 
+@app.command("recording")
+def recording(
+    call_id: Annotated[str, typer.Argument(help="The call's id.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to save the WAV (default: CALL_ID.wav here).")
+    ] = None,
+    server: Server = None,
+    config: Config = None,
+) -> None:
+    """Save a call's recording: a two-channel WAV, the caller left, the agent right."""
+    from voicecli.client import save_stream
+    from voicecli.store import views
+
+    dest = out or Path(f"{call_id}.wav")
+
+    async def from_store(store: Any) -> int:
+        import asyncio
+
+        path = await views.recording_file(store, call_id)
+
+        def copy() -> int:
+            with path.open("rb") as source:
+                return save_stream(source, dest)
+
+        return await asyncio.to_thread(copy)
+
+    size = _read(server, config, lambda client: client.download(f"/api/calls/{call_id}/recording", dest), from_store)
+    if size is None:
+        from voicecli.errors import VoicecliError
+
+        raise VoicecliError(f"no call {call_id}")
+    typer.echo(f"saved the recording of call {call_id} to {dest} ({size} bytes)")
+
+
 POLL_S = 0.5  # the issue asks for at least two refreshes a second
 
 

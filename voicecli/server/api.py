@@ -6,11 +6,14 @@ internet, and the API must not be open to whoever finds the URL.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
+from voicecli.server.recordings import recording_elsewhere
 from voicecli.server.state import STATE
 from voicecli.store.views import call_detail, call_rows
 
@@ -69,6 +72,37 @@ async def get_call(request: web.Request) -> web.Response:
     return web.json_response(call)
 
 
+def _not_found(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=404)
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """A call's recording as audio/wav; 404 when it has none, or another instance's disk has it."""
+    state = request.app[STATE]
+    call_id = request.match_info["call_id"]
+    record = await state.store.get(call_id)
+    if record is None:
+        return _not_found(f"no call {call_id}")
+    if not record.recording_path:
+        why = f" ({record.recording_error})" if record.recording_error else ""
+        return _not_found(f"call {call_id} has no recording{why}")
+    path = Path(record.recording_path)
+    here = await asyncio.to_thread(path.is_file)
+    # A server restarted on the same disk is a new instance: the file being here is what counts.
+    if not here and (elsewhere := recording_elsewhere(record, state.instance)):
+        return _not_found(elsewhere)
+    if not here:
+        return _not_found(f"the recording of call {call_id} is gone from {path}")
+    if record.recording_s is None:
+        why = (
+            "its server stopped mid-call; the next start on that disk repairs the file"
+            if record.ended_at
+            else "it is still being recorded: ask again once the call has ended"
+        )
+        return web.json_response({"error": f"call {call_id}'s recording is not finished: {why}"}, status=409)
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
 async def status(request: web.Request) -> web.Response:
     """What this server serves, and each provider's active calls on every worker and instance
     (dials waiting for their stream included) against its limit."""
@@ -101,4 +135,5 @@ async def status(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/calls", list_calls)
     app.router.add_get("/api/calls/{call_id}", get_call)
+    app.router.add_get("/api/calls/{call_id}/recording", get_recording)
     app.router.add_get("/api/status", status)

@@ -49,6 +49,7 @@ from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, Stor
 from voicecli.store.records import parse_iso
 
 if TYPE_CHECKING:
+    from voicecli.call.recording import CallRecorder
     from voicecli.call.session import CallSession, ToolContext
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.server.state import ServerState
@@ -96,6 +97,7 @@ class LiveCall:
     record: CallRecord | None = None  # as admitted: who called whom, for the agent's tools
     session: CallSession | None = None
     error: str | None = None  # the session could not be built or run
+    recorder: CallRecorder | None = None  # open from before the session runs until the record closes
 
 
 @dataclass(eq=False)
@@ -511,6 +513,10 @@ class CallOwner:
         call, start = admitted
         async with self._owned(call):
             served = self.state.agents[agent]
+            if served.record:
+                from voicecli.server.recordings import start_recording
+
+                call.recorder = await start_recording(self.state, call.call_id)
             call.session = CallSession(
                 tools=self._tool_context(call) if served.tools else None,
                 call_id=call.call_id,
@@ -521,6 +527,7 @@ class CallOwner:
                 messages=messages,
                 store=self.state.store,
                 env=dict(self.state.settings.env),
+                recorder=call.recorder,
             )
             if self._cutting:
                 call.session.forced = True
@@ -573,8 +580,13 @@ class CallOwner:
                     await session.line.wait_playout()
                 reason = f"{reason}; {await self._hang_up(call, forced)}"
         finally:
-            # Slot and record before the socket closes: whoever sees the close sees them done.
+            # Recording, slot and record before the socket closes: whoever sees the close sees
+            # them done. The recording first, so the record's end (and its call.ended event) has it.
             try:
+                if call.recorder is not None:
+                    from voicecli.server.recordings import finish_recording
+
+                    await finish_recording(self.state, call.call_id, call.recorder)
                 await call.slot.release()
                 await self.state.store.finish(call.call_id, status, reason)  # type: ignore[arg-type]
             finally:

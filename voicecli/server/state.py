@@ -76,6 +76,10 @@ class ServerState:
         self.secret, self.api_token = await open_shared(self.settings, self.store)
         self.webhooks = WebhookSender(self, await webhook_secret(self.settings, self.store))
         await self.membership.start(recover=self.recover)
+        if self.recover:  # the calls just marked interrupted may have left recordings open
+            from voicecli.server.recordings import repair_recordings
+
+            await repair_recordings(self.store)
         self.webhooks.start()
         self.store_watch.start()
         # At start-up a bad stored value stops the server with its message; later, it is logged.

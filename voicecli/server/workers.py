@@ -309,6 +309,9 @@ async def supervise(state: ServerState, plan: WorkerPlan, on_started: Callable[[
         # Start-up recovery, once for every worker (they start with recover=False).
         if ended := await state.membership.sweep():
             logger.warning(f"{ended} call(s) left open by a server that was killed: marked interrupted")
+        from voicecli.server.recordings import repair_recordings  # numpy only: no pipecat here
+
+        await repair_recordings(store)
         url = http_url(plan.host, sockets[0].getsockname()[1])
         await on_started(url)
         supervisor = Supervisor(state, store, plan, sockets, worker_flags(state.settings))

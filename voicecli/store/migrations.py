@@ -151,6 +151,15 @@ _OUTBOX_INDEXES = (
     "CREATE INDEX webhook_outbox_created ON webhook_outbox(created_at)",
 )
 
+# m007: each call's recording (a WAV on the carrying instance's disk: where, how long, and
+# what cut it short), and each agent reply's latency with its transcript line.
+_RECORDINGS = (
+    "ALTER TABLE calls ADD COLUMN recording_path TEXT",
+    "ALTER TABLE calls ADD COLUMN recording_s {real}",
+    "ALTER TABLE calls ADD COLUMN recording_error TEXT",
+    "ALTER TABLE transcript ADD COLUMN latency_ms INTEGER",
+)
+
 # AUTOINCREMENT: ids never reused, even after old events are pruned (readers remember the last).
 _SQLITE = {"real": "REAL", "serial_key": "INTEGER PRIMARY KEY AUTOINCREMENT"}
 _POSTGRES = {"real": "DOUBLE PRECISION", "serial_key": "BIGSERIAL PRIMARY KEY"}
@@ -179,4 +188,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("m004_take_slot_function", sqlite=(), postgres=(_TAKE_SLOT,)),
     # Post-call webhooks delivered at least once from an outbox.
     Migration("m005_webhook_outbox", **_both(_CALL_WEBHOOKS, _OUTBOX, *_OUTBOX_INDEXES)),
+    # Recordings and per-turn latency. Names, not numbers, order the runner: a migration
+    # another branch adds before this one (m006) is applied wherever it is listed.
+    Migration("m007_recordings", **_both(*_RECORDINGS)),
 )

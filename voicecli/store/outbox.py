@@ -41,7 +41,10 @@ def event_body(
     """The JSON a receiver gets: the event, its delivery id, and the whole record (with the
     transcript once the call has ended). Fixed when written, so every retry is identical."""
     call = record.to_json(list(transcript) if transcript is not None else None)
-    call.pop("instance", None)  # which server process carried it is voicecli's own business
+    # Which server process carried it, and where on its disk the recording is, are voicecli's
+    # own business: a receiver fetches a recording by call id (GET /api/calls/{id}/recording).
+    call.pop("instance", None)
+    call.pop("recording_path", None)
     return json.dumps({"event": event, "delivery_id": delivery_id, "created_at": at, "call": call})
 
 

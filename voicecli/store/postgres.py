@@ -67,7 +67,8 @@ _EVENT_LOCK = 0x65766E74  # "evnt"
 _LIVE = sorted(PROGRESS_ORDER)  # the statuses of a call not yet ended
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
-    " status, started_at, ended_at, duration_s, end_reason, instance"
+    " status, started_at, ended_at, duration_s, end_reason, instance,"
+    " recording_path, recording_s, recording_error"
 )
 _NAMES = _COLUMNS.split(", ")
 _INSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(_NAMES)))})"
@@ -84,6 +85,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.DiskFullError,
     asyncpg.InsufficientResourcesError,
 )
+_TRANSCRIPT = "SELECT role, text, at, latency_ms FROM transcript WHERE call_id = $1 ORDER BY id"
 _TAKE_SLOT = "SELECT voicecli_take_slot($1, $2, $3, $4, $5, $6)"  # migration m004
 _SLOT_COUNTS = f"""SELECT s.provider, count(*) AS held, count(s.reserved_for) AS reserved
     FROM slots s JOIN holders h ON h.id = s.holder WHERE h.expires_at > {_NOW} GROUP BY s.provider"""
@@ -115,7 +117,7 @@ async def _enqueue(conn: asyncpg.Connection, before: str | None, record: CallRec
     delivery_id = new_delivery_id()
     transcript = None
     if event == "call.ended":
-        rows = await conn.fetch("SELECT role, text, at FROM transcript WHERE call_id = $1 ORDER BY id", record.id)
+        rows = await conn.fetch(_TRANSCRIPT, record.id)
         transcript = [TranscriptEntry(*row) for row in rows]
     body = event_body(event, delivery_id, record, transcript, utcnow_iso())
     await conn.execute(
@@ -433,7 +435,9 @@ class PostgresCallStore:
         changes: dict[str, Any] = dict(status=status, end_reason=end_reason, now=utcnow_iso())
         return await self._keep(self._change(call_id, changes))
 
-    async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
+    async def add_transcript(
+        self, call_id: str, role: Role, text: str, at: str | None = None, latency_ms: int | None = None
+    ) -> None:
         """Append an utterance to a call's transcript, committed at once."""
         stamp = transcript_stamp(role, at)
 
@@ -445,11 +449,12 @@ class PostgresCallStore:
             try:
                 async with lock:
                     await self.pool.execute(
-                        "INSERT INTO transcript (call_id, role, text, at) VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO transcript (call_id, role, text, at, latency_ms) VALUES ($1, $2, $3, $4, $5)",
                         call_id,
                         role,
                         text,
                         stamp,
+                        latency_ms,
                     )
             finally:
                 lock, users = self._transcript_locks[call_id]
@@ -460,9 +465,33 @@ class PostgresCallStore:
 
         await self._keep(insert)
 
+    async def set_recording(
+        self, call_id: str, *, path: str | None = None, seconds: float | None = None, error: str | None = None
+    ) -> None:
+        """Note a call's recording (None leaves a field alone); its status is not touched."""
+        fields = {"recording_path": path, "recording_s": seconds, "recording_error": error}
+        given = {name: value for name, value in fields.items() if value is not None}
+        if not given:
+            return
+        assignments = ", ".join(f"{name} = ${n + 2}" for n, name in enumerate(given))
+
+        async def change() -> None:
+            await self.pool.execute(f"UPDATE calls SET {assignments} WHERE id = $1", call_id, *given.values())
+
+        await self._keep(change)
+
+    async def unfinished_recordings(self) -> list[CallRecord]:
+        """Ended calls whose recording was never closed (their server was killed)."""
+        rows = await self.pool.fetch(
+            f"""SELECT {_COLUMNS} FROM calls WHERE recording_path IS NOT NULL AND recording_s IS NULL
+                AND NOT (status = ANY($1::text[])) ORDER BY id""",
+            _LIVE,
+        )
+        return [CallRecord(*row) for row in rows]
+
     async def transcript(self, call_id: str) -> list[TranscriptEntry]:
         """A call's utterances in the order they were written."""
-        rows = await self.pool.fetch("SELECT role, text, at FROM transcript WHERE call_id = $1 ORDER BY id", call_id)
+        rows = await self.pool.fetch(_TRANSCRIPT, call_id)
         return [TranscriptEntry(*row) for row in rows]
 
     async def claim_stream(

@@ -89,6 +89,8 @@ class TranscriptEntry:
     role: Role
     text: str
     at: str
+    # An agent reply's: from the caller's last speech to its first audio reaching the caller.
+    latency_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,11 @@ class CallRecord:
     end_reason: str | None
     # The server process that carries (or last carried) the call: `serve` instance id.
     instance: str | None = None
+    # The call's WAV (call/recording.py) on the disk of the instance named above; its length
+    # once closed (or repaired at start-up); and what ended it early, when something did.
+    recording_path: str | None = None
+    recording_s: float | None = None
+    recording_error: str | None = None
 
     def to_json(self, transcript: list[TranscriptEntry] | None = None) -> dict[str, Any]:
         """The API shape of the call, with its transcript when one is given."""
@@ -325,7 +332,20 @@ class CallStore(Protocol):
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None: ...
 
-    async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None: ...
+    async def add_transcript(
+        self, call_id: str, role: Role, text: str, at: str | None = None, latency_ms: int | None = None
+    ) -> None: ...
+
+    async def set_recording(
+        self, call_id: str, *, path: str | None = None, seconds: float | None = None, error: str | None = None
+    ) -> None:
+        """Note a call's recording: its file when opened, its length and any error when closed
+        (None leaves a field alone; the call's status is not touched, ended or not)."""
+        ...
+
+    async def unfinished_recordings(self) -> list[CallRecord]:
+        """Ended calls whose recording was never closed (their server was killed): to repair."""
+        ...
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]: ...
 

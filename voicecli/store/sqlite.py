@@ -111,7 +111,8 @@ _LIVE = tuple(sorted(PROGRESS_ORDER))  # statuses of a call not yet ended
 
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
-    " status, started_at, ended_at, duration_s, end_reason, instance"
+    " status, started_at, ended_at, duration_s, end_reason, instance,"
+    " recording_path, recording_s, recording_error"
 )
 _COLUMN_COUNT = len(_COLUMNS.split(","))
 
@@ -247,14 +248,39 @@ def _retry_delivery(db: sqlite3.Connection, delivery_id: str) -> bool:
     return cursor.rowcount > 0
 
 
-def _add_transcript(db: sqlite3.Connection, call_id: str, role: str, text: str, at: str) -> None:
+def _add_transcript(
+    db: sqlite3.Connection, call_id: str, role: str, text: str, at: str, latency_ms: int | None
+) -> None:
     with _transaction(db):
-        db.execute("INSERT INTO transcript (call_id, role, text, at) VALUES (?, ?, ?, ?)", (call_id, role, text, at))
+        db.execute(
+            "INSERT INTO transcript (call_id, role, text, at, latency_ms) VALUES (?, ?, ?, ?, ?)",
+            (call_id, role, text, at, latency_ms),
+        )
 
 
 def _transcript(db: sqlite3.Connection, call_id: str) -> list[TranscriptEntry]:
-    rows = db.execute("SELECT role, text, at FROM transcript WHERE call_id = ? ORDER BY id", (call_id,))
+    rows = db.execute("SELECT role, text, at, latency_ms FROM transcript WHERE call_id = ? ORDER BY id", (call_id,))
     return [TranscriptEntry(*row) for row in rows]
+
+
+def _set_recording(db: sqlite3.Connection, call_id: str, fields: dict[str, Any]) -> None:
+    # Its own columns only: no status change, so no webhook event, and a record already ended
+    # (the recording closes just before `finish`, or is repaired long after) still takes it.
+    given = {name: value for name, value in fields.items() if value is not None}
+    if given:
+        with _transaction(db):
+            assignments = ", ".join(f"{name} = ?" for name in given)
+            db.execute(f"UPDATE calls SET {assignments} WHERE id = ?", (*given.values(), call_id))
+
+
+def _unfinished_recordings(db: sqlite3.Connection) -> list[CallRecord]:
+    marks = ", ".join("?" * len(_LIVE))
+    rows = db.execute(
+        f"""SELECT {_COLUMNS} FROM calls WHERE recording_path IS NOT NULL AND recording_s IS NULL
+            AND status NOT IN ({marks}) ORDER BY id""",
+        _LIVE,
+    )
+    return [CallRecord(*row) for row in rows]
 
 
 def _list(db: sqlite3.Connection, limit: int, filters: dict[str, str | None], active_only: bool) -> list[CallRecord]:
@@ -711,10 +737,23 @@ class SQLiteCallStore:
             return False
         return True
 
-    async def add_transcript(self, call_id: str, role: Role, text: str, at: str | None = None) -> None:
+    async def add_transcript(
+        self, call_id: str, role: Role, text: str, at: str | None = None, latency_ms: int | None = None
+    ) -> None:
         """Append an utterance to a call's transcript, committed at once."""
         stamp = transcript_stamp(role, at)
-        await self._keep(_add_transcript, call_id, role, text, stamp)
+        await self._keep(_add_transcript, call_id, role, text, stamp, latency_ms)
+
+    async def set_recording(
+        self, call_id: str, *, path: str | None = None, seconds: float | None = None, error: str | None = None
+    ) -> None:
+        """Note a call's recording (None leaves a field alone); its status is not touched."""
+        fields = {"recording_path": path, "recording_s": seconds, "recording_error": error}
+        await self._keep(_set_recording, call_id, fields)
+
+    async def unfinished_recordings(self) -> list[CallRecord]:
+        """Ended calls whose recording was never closed (their server was killed)."""
+        return await self._run(_unfinished_recordings)
 
     async def transcript(self, call_id: str) -> list[TranscriptEntry]:
         """A call's utterances in the order they were written."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from voicecli.errors import VoicecliError
 from voicecli.store.records import CallStore
 
 
@@ -32,6 +36,51 @@ async def call_rows(
 
 
 async def call_detail(store: CallStore, call_id: str) -> dict[str, Any] | None:
-    """One call with its transcript; None when there is no such call."""
+    """One call with its transcript and its replies' latency; None when there is no such call."""
     record = await store.get(call_id)
-    return record.to_json(await store.transcript(record.id)) if record else None
+    if record is None:
+        return None
+    transcript = await store.transcript(record.id)
+    call = record.to_json(transcript)
+    call["latency"] = latency_summary([t.latency_ms for t in transcript if t.latency_ms is not None])
+    return call
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile of `values`, linearly interpolated between ranks (numpy's default)."""
+    ordered = sorted(values)
+    rank = fraction * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_summary(latencies: Sequence[int]) -> dict[str, Any]:
+    """A call's reply latencies: how many, and their p50 and p90 in ms (None without replies)."""
+    if not latencies:
+        return {"replies": 0, "p50_ms": None, "p90_ms": None}
+    return {
+        "replies": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.5)),
+        "p90_ms": round(percentile(latencies, 0.9)),
+    }
+
+
+async def recording_file(store: CallStore, call_id: str) -> Path:
+    """Where a call's finished recording is on this machine, read from the store (no server to
+    ask); VoicecliError saying why when there is none here."""
+    record = await store.get(call_id)
+    if record is None:
+        raise VoicecliError(f"no call {call_id}")
+    if not record.recording_path:
+        why = f" ({record.recording_error})" if record.recording_error else ""
+        raise VoicecliError(f"call {call_id} has no recording{why}")
+    path = Path(record.recording_path)
+    if not await asyncio.to_thread(path.is_file):
+        where = f" (instance {record.instance} carried the call)" if record.instance else ""
+        raise VoicecliError(f"the recording of call {call_id} is not on this machine at {path}{where}")
+    if record.recording_s is None:
+        raise VoicecliError(
+            f"call {call_id}'s recording is not finished: start `voicecli serve` to finish it if its server was killed"
+        )
+    return path

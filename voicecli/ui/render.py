@@ -189,11 +189,23 @@ def call_detail(call: dict[str, Any]) -> Group:
         "ended_at",
         "duration_s",
         "end_reason",
+        "recording_path",
+        "recording_s",
+        "recording_error",
     ):
         value = call.get(key)
         facts.add_row(key, "" if value is None else str(value))
+    latency = call.get("latency") or {}
+    if latency.get("replies"):
+        facts.add_row(
+            "latency", f"p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']} ms ({latency['replies']} replies)"
+        )
     lines = [
-        Text.assemble((f"{t['role']:>6}: ", "bold cyan" if t["role"] == "agent" else "bold"), t["text"])
+        Text.assemble(
+            (f"{t['role']:>6}: ", "bold cyan" if t["role"] == "agent" else "bold"),
+            t["text"],
+            (f"  [{t['latency_ms']} ms]" if t.get("latency_ms") is not None else "", "dim"),
+        )
         for t in call.get("transcript", [])
     ]
     return Group(facts, Text(""), Text("transcript", style="bold underline"), *(lines or [Text("(empty)")]))
