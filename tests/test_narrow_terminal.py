@@ -68,8 +68,10 @@ def in_terminal(project: Path, *args: str, until: str | None = None, within_s: f
 
 def test_every_banner_url_is_whole_on_a_line_of_its_own(project: Path) -> None:
     lines = in_terminal(project, "serve", "--agent", "demo", "--port", "0", until="Check the setup")
-    [serving] = [line for line in lines if line.startswith("voicecli serving on ")]
-    base = serving.removeprefix("voicecli serving on ").strip()
+    # Searched for, not matched: the server's log shares the terminal and may precede it.
+    serving = re.search(r"voicecli serving on (http://\S+)", "\n".join(lines))
+    assert serving, lines
+    base = serving.group(1)
     for provider in PROVIDERS:
         assert f"{base}/telephony/{provider}/inbound/demo" in lines, lines
         assert f"{base.replace('http', 'ws', 1)}/ws/{provider}/demo" in lines, lines

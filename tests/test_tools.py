@@ -115,7 +115,8 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
 
         await until(greeted, 15, "the greeting")
         said: dict[str, list[Any]] = {}
-        for mode in ("ok", "slow", "error", "junk", "never"):
+        # Every answer for POST; GET differs only in how the request is sent.
+        for mode in ("ok", "slow", "error", "junk", "never") if method == "POST" else ("ok",):
             tools.modes.append(mode)
             before = len(await store.transcript(record.id))
             said[mode] = await _reply_after_press(store, record.id, live, ws, before)
@@ -128,6 +129,15 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
 
     assert "Your order is shipped." in texts("ok", "agent")
     assert texts("ok", "tool") == ['lookup_order({"order_number": "12345"}) -> {"status": "shipped"}']
+    ended = await store.get(record.id)
+    assert ended.status == "completed"
+    query, headers, body = tools.got[0]
+    assert headers["Authorization"] == "Bearer tok-42"  # ${ORDERS_TOKEN} expanded
+    signed = body if method == "POST" else query.encode()
+    assert verify(SECRET, headers["X-Voicecli-Signature"], signed)
+    if method == "GET":
+        assert "order_number=12345" in query and f"call_id={record.id}" in query
+        return
     assert texts("slow", "agent") == ["One moment while I check.", "Your order is shipped."]
     for failed, error in (("error", "HTTP 500"), ("never", "did not answer within 1.5 s")):
         assert texts(failed, "agent") == (["One moment while I check."] if failed == "never" else []) + [
@@ -135,26 +145,16 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
         ]
         assert error in texts(failed, "tool")[0]
     assert texts("junk", "agent") == ["Sorry, the order system is down."]  # no status field to quote
-    ended = await store.get(record.id)
-    assert ended.status == "completed"
-
-    query, headers, body = tools.got[0]
-    assert headers["Authorization"] == "Bearer tok-42"  # ${ORDERS_TOKEN} expanded
-    signed = body if method == "POST" else query.encode()
-    assert verify(SECRET, headers["X-Voicecli-Signature"], signed)
-    if method == "POST":
-        sent = json.loads(body)
-        assert sent["tool"] == "lookup_order" and sent["arguments"] == {"order_number": "12345"}
-        assert sent["call"] == {
-            "id": record.id,
-            "provider": "twilio",
-            "agent": "orders",
-            "direction": "inbound",
-            "from": record.from_number,
-            "to": record.to_number,
-        }
-    else:
-        assert "order_number=12345" in query and f"call_id={record.id}" in query
+    sent = json.loads(body)
+    assert sent["tool"] == "lookup_order" and sent["arguments"] == {"order_number": "12345"}
+    assert sent["call"] == {
+        "id": record.id,
+        "provider": "twilio",
+        "agent": "orders",
+        "direction": "inbound",
+        "from": record.from_number,
+        "to": record.to_number,
+    }
 
 
 async def test_a_tool_variable_not_set_stops_serve_naming_it(project: Path) -> None:
