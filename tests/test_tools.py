@@ -180,3 +180,100 @@ def test_bad_tool_definitions_name_the_file_and_key(tmp_path: Path, change: tupl
     with pytest.raises(AgentError) as caught:
         load_agent(path)
     assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+LLM_AGENT = """
+greeting = "Orders line."
+system_prompt = "You answer questions about orders."
+[stt]
+provider = "pocketsphinx"
+[tts]
+provider = "espeak"
+[llm]
+provider = "openai"
+base_url = "{llm}"
+
+[[tools]]
+name = "lookup_order"
+description = "Look up an order's status by its number."
+url = "{url}"
+[tools.parameters]
+type = "object"
+required = ["order_number"]
+properties = {{ order_number = {{ type = "string" }} }}
+"""
+
+
+class FakeLLM:
+    """An OpenAI-compatible chat endpoint that streams tool calls: a key press of 1 looks up
+    order 12345, 0 ends the call; after a tool's result it says what the result holds."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+
+    @staticmethod
+    def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        last = body["messages"][-1]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if last["role"] == "tool":
+            status = json.loads(last["content"]).get("status", "unknown")
+            await resp.write(self._chunk({"role": "assistant", "content": f"Your order is {status}."}))
+            await resp.write(self._chunk({}, "stop"))
+        else:
+            name, arguments = ("end_call", "{}") if "0" in str(last.get("content")) else ("lookup_order", "")
+            call = {"index": 0, "id": f"call_{len(self.requests)}", "type": "function"}
+            await resp.write(self._chunk({"role": "assistant", "tool_calls": [call | {"function": {"name": name}}]}))
+            if name == "lookup_order":
+                arguments = json.dumps({"order_number": "12345"})
+            await resp.write(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}))
+            await resp.write(self._chunk({}, "tool_calls"))
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+async def test_an_llm_calls_tools_through_function_calling_and_ends_the_call(
+    project: Path, start_server, tool_server, aiohttp_server: Any
+) -> None:
+    tools, url = tool_server
+    fake = FakeLLM()
+    llm = await aiohttp_server(fake.app, host="127.0.0.1")
+    agent = LLM_AGENT.format(url=url, llm=str(llm.make_url("/v1")))
+    (project / "agents" / "orders.toml").write_text(agent)
+    server = await start_server(agents=["orders"], VOICECLI_WEBHOOK_SECRET=SECRET)
+    store = server.state.store
+    async with aiohttp.ClientSession() as http:
+        live = WireCall(server.state.settings, server.url, "twilio", agent="orders")
+        ws = await live.open(http)
+        [record] = await store.list()
+        reader = asyncio.create_task(agent_audio(ws, live.caller, 60.0))
+
+        async def greeted() -> bool:
+            return any(r.text == "Orders line." for r in await store.transcript(record.id))
+
+        async def answered() -> bool:
+            return any(r.text == "Your order is shipped." for r in await store.transcript(record.id))
+
+        await until(greeted, 15, "the greeting")
+        await live.press(ws, "1")
+        await until(answered, 20, "the reply from the tool's result")
+        await live.press(ws, "0")
+        _, closed = await reader
+        assert closed
+    offered = {tool["function"]["name"] for tool in fake.requests[0]["tools"]}
+    assert offered == {"lookup_order", "end_call"}
+    assert json.loads(tools.got[0][2])["arguments"] == {"order_number": "12345"}
+    rows = [(r.role, r.text) for r in await store.transcript(record.id)]
+    assert ("tool", 'lookup_order({"order_number": "12345"}) -> {"status": "shipped"}') in rows
+    ended = await store.get(record.id)
+    assert ended.status == "completed" and ended.end_reason.startswith("agent ended the call")
+    assert rows[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")  # the agent's goodbye

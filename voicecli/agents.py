@@ -21,7 +21,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOP_LEVEL = frozenset(
     {"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook", "tools"}
 )
-CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record"})
+CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record", "end_call_tool"})
 
 TurnStrategy = Literal["smart-turn", "silence"]
 TURN_STRATEGIES: tuple[TurnStrategy, ...] = ("smart-turn", "silence")
@@ -68,6 +68,8 @@ class Agent:
     # `[webhook] url`: where this agent's call events go (instead of the webhook_url setting).
     webhook_url: str | None = None
     tools: tuple[HttpTool, ...] = ()  # `[[tools]]`: the user's HTTP services it may call
+    # `[call] end_call_tool`: a function-calling LLM may end the call (goodbye, then hang-up).
+    end_call_tool: bool = True
     # `[call] record`: each call written to `{recordings_dir}/{call_id}.wav` (call/recording.py).
     record: bool = False
 
@@ -256,9 +258,10 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
     if not isinstance(call, dict):
         raise check.fail("[call]", "must be a table")
     check.unknown(call, CALL_KEYS, "call.")
-    record = call.get("record", False)
-    if not isinstance(record, bool):
-        raise check.fail("call.record", "must be true or false")
+    record, end_call_tool = call.get("record", False), call.get("end_call_tool", True)
+    for key, value in (("record", record), ("end_call_tool", end_call_tool)):
+        if not isinstance(value, bool):
+            raise check.fail(f"call.{key}", "must be true or false")
     if llm.provider != "script" and not system_prompt:
         raise check.fail("system_prompt", f"the {llm.provider} LLM needs a system prompt")
     extra = {"goodbye": goodbye} if goodbye else {}
@@ -276,5 +279,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         webhook_url=check.webhook(data),
         tools=check.tools(data, llm.options.get("rules", ()) if llm.provider == "script" else ()),
         record=record,
+        end_call_tool=end_call_tool,
         **extra,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.vad.vad_analyzer import VAD_STOP_SECS
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
@@ -29,7 +30,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from voicecli.agents import Agent, TurnConfig
 from voicecli.call.models import SharedSileroVAD, SharedSmartTurn
-from voicecli.call.tools import ToolRunner
+from voicecli.call.tools import ToolRunner, offered_functions
 from voicecli.call.transport import CallLine, WebsocketTransport
 from voicecli.services import SERVICES, create_service
 
@@ -86,8 +87,12 @@ def build_task(
     env: Mapping[str, str],
     on_transcript: TranscriptSink,
     tools: ToolRunner | None = None,
+    end_call: Callable[[str], Awaitable[None]] | None = None,
 ) -> PipelineWorker:
-    """The pipeline task for one call, with the transcript written as the call goes."""
+    """The pipeline task for one call, with the transcript written as the call goes.
+
+    `tools` and `end_call` are offered to a function-calling LLM; the script LLM's rules
+    call the tools themselves."""
     params = TransportParams(
         audio_in_enabled=True,
         audio_out_enabled=True,
@@ -98,12 +103,16 @@ def build_task(
     phrases = agent.phrases()
     stt = create_service("stt", agent.stt, env, phrases)
     llm = create_service("llm", agent.llm, env)
-    if tools is not None and hasattr(llm, "attach_tools"):
-        llm.attach_tools(tools)
+    functions: list[Any] = []
+    if hasattr(llm, "attach_tools"):
+        if tools is not None:
+            llm.attach_tools(tools)
+    elif hasattr(llm, "register_function"):
+        functions = offered_functions(tools, end_call)
     tts = create_service("tts", agent.tts, env)
 
     messages: list[Any] = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-    context = LLMContext(messages)
+    context = LLMContext(messages, tools=ToolsSchema(standard_tools=functions)) if functions else LLMContext(messages)
     strategies = UserTurnStrategies(stop=[turn_stop_strategy(agent.turn)])
     aggregators = LLMContextAggregatorPair(
         context,

@@ -119,7 +119,8 @@ class CallSession:
                 call=tools.call,
                 transcript=self._transcript,
             )
-        self.task = build_task(agent, self.line, env, self._transcript, runner)
+        end_call = self.end if agent.end_call_tool else None
+        self.task = build_task(agent, self.line, env, self._transcript, runner, end_call)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending: set[asyncio.Task[Any]] = set()
 

@@ -20,6 +20,7 @@ from voicecli.signing import signed
 from voicecli.tools import HttpTool
 
 MAX_RESULT_BYTES = 64 * 1024
+SLOW_S = 1.0  # a tool slower than this gets its `say_while_waiting` spoken
 Transcript = Callable[[str, str], Awaitable[None]]
 
 
@@ -45,13 +46,20 @@ class ToolRunner:
         self.http, self.secret, self.env, self.call = http, secret, env, dict(call)
         self.transcript = transcript
 
-    async def run(self, name: str, arguments: Mapping[str, Any]) -> Any:
-        """The tool's result, or `{"error": ...}`; both are written to the transcript."""
+    async def run(
+        self, name: str, arguments: Mapping[str, Any], announce: Callable[[str], Awaitable[None]] | None = None
+    ) -> Any:
+        """The tool's result, or `{"error": ...}`; both are written to the transcript.
+        `announce(say_while_waiting)` is awaited once the tool has taken over SLOW_S."""
         tool = self.tools.get(name)
         if tool is None:
             result: Any = {"error": f"no tool named {name!r}"}
         else:
-            result = await self._request(tool, dict(arguments))
+            pending = asyncio.ensure_future(self._request(tool, dict(arguments)))
+            done, _ = await asyncio.wait({pending}, timeout=SLOW_S)
+            if not done and tool.say_while_waiting and announce is not None:
+                await announce(tool.say_while_waiting)
+            result = await pending
         await self.transcript("tool", f"{name}({_short(dict(arguments))}) -> {_short(result)}")
         return result
 
@@ -89,3 +97,54 @@ class ToolRunner:
             return json.loads(text)
         except (ValueError, RecursionError):  # not JSON (or nested past the parser): its text
             return text.strip()
+
+
+def offered_functions(runner: ToolRunner | None, end_call: Callable[[str], Awaitable[None]] | None) -> list[Any]:
+    """What a function-calling LLM is offered: each HTTP tool, and `end_call` unless turned off.
+
+    Each schema carries its handler (pipecat registers it with the context's LLM).
+    """
+    from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+    from pipecat.frames.frames import FunctionCallResultProperties, TTSSpeakFrame
+    from pipecat.services.llm_service import FunctionCallParams
+
+    from voicecli.services.script_llm import END_REASON
+
+    offered: list[Any] = []
+    for tool in runner.tools.values() if runner is not None else ():
+
+        async def call_tool(params: FunctionCallParams, name: str = tool.name) -> None:
+            assert runner is not None
+
+            async def announce(text: str) -> None:
+                await params.llm.push_frame(TTSSpeakFrame(text))
+
+            await params.result_callback(await runner.run(name, params.arguments, announce))
+
+        schema = tool.parameters
+        offered.append(
+            FunctionSchema(
+                tool.name,
+                tool.description,
+                dict(schema.get("properties", {})),
+                list(schema.get("required", [])),
+                handler=call_tool,
+            )
+        )
+    if end_call is not None:
+
+        async def hang_up(params: FunctionCallParams) -> None:
+            # No reply to the result: the agent's goodbye is said, then the call is hung up.
+            await params.result_callback({"ended": True}, properties=FunctionCallResultProperties(run_llm=False))
+            await end_call(END_REASON)
+
+        offered.append(
+            FunctionSchema(
+                "end_call",
+                "End the phone call: the agent says goodbye and hangs up. Use it when the caller is done.",
+                {},
+                [],
+                handler=hang_up,
+            )
+        )
+    return offered

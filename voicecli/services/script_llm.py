@@ -23,8 +23,7 @@ from voicecli.services.script_rules import ScriptRule
 if TYPE_CHECKING:
     from voicecli.call.tools import ToolRunner
 
-END_REASON = "agent ended the call"
-SLOW_S = 1.0  # a tool slower than this gets its `say_while_waiting` spoken
+END_REASON = "agent ended the call"  # the record's reason, whichever LLM ends the call
 _QUOTED = re.compile(r"\{result((?:\.[A-Za-z0-9_]+)*)\}")
 
 
@@ -120,12 +119,7 @@ class ScriptLLMService(FrameProcessor):
     async def _call_tool(self, name: str, arguments: Any) -> Any:
         if self._tools is None:
             return {"error": "tools are not available on this call"}
-        call = asyncio.ensure_future(self._tools.run(name, arguments))
-        done, _ = await asyncio.wait({call}, timeout=SLOW_S)
-        tool = self._tools.tools.get(name)
-        if not done and tool is not None and tool.say_while_waiting:
-            await self._reply(tool.say_while_waiting, None)
-        return await call
+        return await self._tools.run(name, arguments, announce=lambda text: self._reply(text, None))
 
     async def _reply(self, text: str, rule: ScriptRule | None) -> None:
         if self._ending:
