@@ -201,12 +201,16 @@ url = "{url}"
 type = "object"
 required = ["order_number"]
 properties = {{ order_number = {{ type = "string" }} }}
+
+[transfer]
+destinations = {{ support = "+15551230002" }}
 """
 
 
 class FakeLLM:
     """An OpenAI-compatible chat endpoint that streams tool calls: a key press of 1 looks up
-    order 12345, 0 ends the call; after a tool's result it says what the result holds."""
+    order 12345, 9 asks to transfer to a number (as a caller might talk a model into), 0
+    ends the call; after a tool's result it says what the result holds."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -226,15 +230,18 @@ class FakeLLM:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         if last["role"] == "tool":
-            status = json.loads(last["content"]).get("status", "unknown")
-            await resp.write(self._chunk({"role": "assistant", "content": f"Your order is {status}."}))
+            result = json.loads(last["content"])
+            text = f"Your order is {result['status']}." if "status" in result else "I cannot do that."
+            await resp.write(self._chunk({"role": "assistant", "content": text}))
             await resp.write(self._chunk({}, "stop"))
         else:
-            name, arguments = ("end_call", "{}") if "0" in str(last.get("content")) else ("lookup_order", "")
+            pressed = str(last.get("content"))
+            name, arguments = {
+                "0": ("end_call", "{}"),
+                "9": ("transfer_call", json.dumps({"destination": "+15550001111"})),
+            }.get(pressed[-1:], ("lookup_order", json.dumps({"order_number": "12345"})))
             call = {"index": 0, "id": f"call_{len(self.requests)}", "type": "function"}
             await resp.write(self._chunk({"role": "assistant", "tool_calls": [call | {"function": {"name": name}}]}))
-            if name == "lookup_order":
-                arguments = json.dumps({"order_number": "12345"})
             await resp.write(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}))
             await resp.write(self._chunk({}, "tool_calls"))
         await resp.write(b"data: [DONE]\n\n")
@@ -263,17 +270,24 @@ async def test_an_llm_calls_tools_through_function_calling_and_ends_the_call(
         async def answered() -> bool:
             return any(r.text == "Your order is shipped." for r in await store.transcript(record.id))
 
+        async def refused() -> bool:
+            return any(r.text == "I cannot do that." for r in await store.transcript(record.id))
+
         await until(greeted, 15, "the greeting")
         await live.press(ws, "1")
         await until(answered, 20, "the reply from the tool's result")
+        await live.press(ws, "9")
+        await until(refused, 20, "the refused transfer's reply")
         await live.press(ws, "0")
         _, closed = await reader
         assert closed
     offered = {tool["function"]["name"] for tool in fake.requests[0]["tools"]}
-    assert offered == {"lookup_order", "end_call"}
+    assert offered == {"lookup_order", "transfer_call", "end_call"}  # no send_dtmf: dtmf_tool is off
     assert json.loads(tools.got[0][2])["arguments"] == {"order_number": "12345"}
     rows = [(r.role, r.text) for r in await store.transcript(record.id)]
     assert ("tool", 'lookup_order({"order_number": "12345"}) -> {"status": "shipped"}') in rows
+    [refusal] = [text for role, text in rows if role == "tool" and text.startswith("transfer_call")]
+    assert "no destination named '+15550001111'" in refusal  # a number the caller said is never dialled
     ended = await store.get(record.id)
     assert ended.status == "completed" and ended.end_reason.startswith("agent ended the call")
     assert rows[-1] == ("agent", "Sorry, I have to end the call now. Goodbye!")  # the agent's goodbye

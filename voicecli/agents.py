@@ -13,15 +13,28 @@ from voicecli.errors import AgentError, MissingKeysError
 from voicecli.services import SERVICES, Kind, ServiceConfig
 from voicecli.services.options import OptionError
 from voicecli.services.script_rules import ScriptRule
-from voicecli.settings_schema import as_http_url
+from voicecli.settings_schema import as_http_url, as_phone
 from voicecli.tools import HttpTool, parse_tools
 
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOP_LEVEL = frozenset(
-    {"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook", "tools"}
+    {
+        "name",
+        "greeting",
+        "system_prompt",
+        "goodbye",
+        "stt",
+        "llm",
+        "tts",
+        "call",
+        "turn",
+        "webhook",
+        "tools",
+        "transfer",
+    }
 )
-CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record", "end_call_tool"})
+CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record", "end_call_tool", "dtmf_tool"})
 
 TurnStrategy = Literal["smart-turn", "silence"]
 TURN_STRATEGIES: tuple[TurnStrategy, ...] = ("smart-turn", "silence")
@@ -50,6 +63,15 @@ class TurnConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """The `[transfer]` table: the people a call may be handed to, by name (never a number
+    the caller said: a model talked into dialling one would be toll fraud)."""
+
+    destinations: Mapping[str, str] = field(default_factory=dict)  # name -> E.164 number
+    announce: str = "Connecting you now."
+
+
+@dataclass(frozen=True)
 class Agent:
     """A validated agent definition."""
 
@@ -70,6 +92,9 @@ class Agent:
     tools: tuple[HttpTool, ...] = ()  # `[[tools]]`: the user's HTTP services it may call
     # `[call] end_call_tool`: a function-calling LLM may end the call (goodbye, then hang-up).
     end_call_tool: bool = True
+    # `[call] dtmf_tool`: a function-calling LLM may press keys (send_dtmf) into a phone menu.
+    dtmf_tool: bool = False
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     # `[call] record`: each call written to `{recordings_dir}/{call_id}.wav` (call/recording.py).
     record: bool = False
 
@@ -199,16 +224,41 @@ class _Checker:
         except ValueError as exc:
             raise self.fail("webhook.url", str(exc)) from None
 
-    def tools(self, data: Mapping[str, Any], rules: tuple[ScriptRule, ...]) -> tuple[HttpTool, ...]:
+    def transfer(self, data: Mapping[str, Any]) -> TransferConfig:
+        table = data.get("transfer", {})
+        if not isinstance(table, dict):
+            raise self.fail("[transfer]", "must be a table")
+        self.unknown(table, frozenset({"destinations", "announce"}), "transfer.")
+        destinations = table.get("destinations", {})
+        if not isinstance(destinations, dict):
+            raise self.fail("transfer.destinations", 'must be a table of names and numbers: { sales = "+15551230001" }')
+        numbers: dict[str, str] = {}
+        for name, number in destinations.items():
+            try:
+                numbers[name] = as_phone(number)
+            except ValueError as exc:
+                raise self.fail(f"transfer.destinations.{name}", str(exc)) from None
+        announce = self.text(table, "announce", "transfer.", required=False) or TransferConfig.announce
+        return TransferConfig(numbers, announce)
+
+    def tools(
+        self, data: Mapping[str, Any], rules: tuple[ScriptRule, ...], transfer: TransferConfig
+    ) -> tuple[HttpTool, ...]:
         try:
             tools = parse_tools(data.get("tools", []))
         except OptionError as exc:
             raise self.fail(f"tools{exc.where}", exc.problem) from None
-        names = {tool.name for tool in tools}
+        # A rule may call the built-ins too: send_dtmf always, transfer_call with destinations.
+        names = {tool.name for tool in tools} | {"send_dtmf"} | ({"transfer_call"} if transfer.destinations else set())
         for index, rule in enumerate(rules):
             if rule.tool and rule.tool not in names:
-                known = ", ".join(sorted(names)) or "none defined"
+                known = ", ".join(sorted(names))
                 raise self.fail(f"llm.rules[{index}].tool", f"no [[tools]] entry named {rule.tool!r} ({known})")
+            if rule.tool == "transfer_call" and rule.arguments.get("destination") not in transfer.destinations:
+                raise self.fail(
+                    f"llm.rules[{index}].arguments.destination",
+                    f"must name one of [transfer] destinations ({', '.join(sorted(transfer.destinations))})",
+                )
         return tools
 
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
@@ -259,9 +309,11 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         raise check.fail("[call]", "must be a table")
     check.unknown(call, CALL_KEYS, "call.")
     record, end_call_tool = call.get("record", False), call.get("end_call_tool", True)
-    for key, value in (("record", record), ("end_call_tool", end_call_tool)):
+    dtmf_tool = call.get("dtmf_tool", False)
+    for key, value in (("record", record), ("end_call_tool", end_call_tool), ("dtmf_tool", dtmf_tool)):
         if not isinstance(value, bool):
             raise check.fail(f"call.{key}", "must be true or false")
+    transfer = check.transfer(data)
     if llm.provider != "script" and not system_prompt:
         raise check.fail("system_prompt", f"the {llm.provider} LLM needs a system prompt")
     extra = {"goodbye": goodbye} if goodbye else {}
@@ -277,7 +329,9 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         idle_timeout_s=check.number(call, "idle_timeout_s", "call.", 60.0),
         turn=check.turn(data),
         webhook_url=check.webhook(data),
-        tools=check.tools(data, llm.options.get("rules", ()) if llm.provider == "script" else ()),
+        tools=check.tools(data, llm.options.get("rules", ()) if llm.provider == "script" else (), transfer),
+        transfer=transfer,
+        dtmf_tool=dtmf_tool,
         record=record,
         end_call_tool=end_call_tool,
         **extra,

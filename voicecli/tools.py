@@ -18,7 +18,7 @@ TOOL_KEYS = frozenset(
     {"name", "description", "url", "method", "headers", "timeout_s", "say_while_waiting", "parameters"}
 )
 # Offered by voicecli itself; a `[[tools]]` entry may not take these names.
-BUILT_IN = frozenset({"end_call"})
+BUILT_IN = frozenset({"end_call", "transfer_call", "send_dtmf"})
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # what LLM function calling accepts
 VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_TIMEOUT_S = 30.0

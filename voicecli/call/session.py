@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterable, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,9 @@ from pipecat.workers.runner import WorkerRunner
 
 from voicecli.call.models import load_models
 from voicecli.call.pipeline import build_task
-from voicecli.call.tools import ToolRunner
+from voicecli.call.tools import BuiltIn, ToolRunner
 from voicecli.call.transport import CallLine
-from voicecli.errors import AgentError
+from voicecli.errors import AgentError, ProviderError
 from voicecli.services import create_service
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.store import CallStatus, CallStore
 
+# After a transfer the provider ends the stream itself; past this, the pipeline is ended.
+TRANSFER_GRACE_S = 5.0
 # How long a polite ending (goodbye, then hang-up) may take before the call is cut.
 POLITE_END_LIMIT_S = 15.0
 
@@ -63,6 +66,9 @@ class ToolContext:
     secret: str
     call: Mapping[str, str | None]
     variables: Mapping[str, str]  # for `${VAR}` in the tools' URLs and headers
+    # Hands the live call to (destination name, number) through the provider; None where the
+    # provider cannot (Exotel). What was done, or ProviderError.
+    transfer: Callable[[str, str], Awaitable[str]] | None = None
 
 
 class CallSession:
@@ -109,8 +115,15 @@ class CallSession:
             on_key=self._key_pressed,
             recorder=recorder,
         )
+        self.transferred_to: str | None = None  # the destination's name, once handed over
+        self._transfer = tools.transfer if tools is not None else None
         runner = None
-        if tools is not None and agent.tools:
+        if tools is not None:
+            built_in: dict[str, BuiltIn] = {}
+            if agent.transfer.destinations and self._transfer is not None:
+                built_in["transfer_call"] = self._transfer_call
+            if agent.dtmf_tool or agent.llm.provider == "script":
+                built_in["send_dtmf"] = self._send_dtmf
             runner = ToolRunner(
                 agent.tools,
                 http=tools.http,
@@ -118,6 +131,7 @@ class CallSession:
                 env=tools.variables,
                 call=tools.call,
                 transcript=self._transcript,
+                built_in=built_in,
             )
         end_call = self.end if agent.end_call_tool else None
         self.task = build_task(agent, self.line, env, self._transcript, runner, end_call)
@@ -156,6 +170,8 @@ class CallSession:
 
     def outcome(self) -> tuple[CallStatus, str]:
         """The record's final status and reason, from how the call ended."""
+        if self.transferred_to is not None:  # whatever came after: the provider has the call
+            return "transferred", self.end_reason or f"transferred to {self.transferred_to}"
         if self.forced:
             return "interrupted", self.end_reason or "server stopped during the call"
         if self.error:
@@ -171,6 +187,44 @@ class CallSession:
         latency = self.line.take_reply_latency() if role == "agent" else None
         self.log.info(f"{role}: {text}" + (f" ({latency} ms)" if latency is not None else ""))
         await self.store.add_transcript(self.call_id, role, text, latency_ms=latency)  # type: ignore[arg-type]
+
+    # --- built-in tools -----------------------------------------------------------------
+    async def _transfer_call(self, arguments: Mapping[str, Any]) -> dict[str, str]:
+        """Hand the caller to a named destination; the provider ends our stream as it dials."""
+        name = str(arguments.get("destination", ""))
+        number = self.agent.transfer.destinations.get(name)
+        if number is None:
+            known = ", ".join(sorted(self.agent.transfer.destinations))
+            return {"error": f"no destination named {name!r}: choose one of {known}"}
+        if self.transferred_to is not None or self.end_reason is not None:
+            return {"error": "the call is already ending"}
+        assert self._transfer is not None
+        try:
+            done = await self._transfer(name, number)
+        except ProviderError as exc:
+            return {"error": str(exc)}
+        self.transferred_to, self.end_reason = name, f"transferred to {name} ({done})"
+        self.log.info(self.end_reason)
+        # Should the provider keep the stream open, the pipeline still ends.
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(TRANSFER_GRACE_S, self._spawn, self._stop_after_transfer, name))
+        return {"transferred": name}
+
+    async def _stop_after_transfer(self, name: str) -> None:
+        await self.task.cancel(reason=f"transferred to {name}")
+
+    async def _send_dtmf(self, arguments: Mapping[str, Any]) -> dict[str, str]:
+        """Play key presses to the far end as in-band DTMF tones (into a phone menu)."""
+        from pipecat.frames.frames import OutputAudioRawFrame
+
+        from voicecli.call.dtmf_tones import tones
+        from voicecli.call.pipeline import AUDIO_OUT_RATE
+
+        digits = str(arguments.get("digits", ""))
+        if not re.fullmatch(r"[0-9*#]{1,32}", digits):
+            return {"error": "digits must be 1 to 32 of 0-9, * and #"}
+        await self.task.queue_frame(OutputAudioRawFrame(tones(digits, AUDIO_OUT_RATE), AUDIO_OUT_RATE, 1))
+        return {"sent": digits}
 
     async def _key_pressed(self, digit: str) -> None:
         # In the transcript as the caller's, in order with what was said.

@@ -22,6 +22,7 @@ from voicecli.tools import HttpTool
 MAX_RESULT_BYTES = 64 * 1024
 SLOW_S = 1.0  # a tool slower than this gets its `say_while_waiting` spoken
 Transcript = Callable[[str, str], Awaitable[None]]
+BuiltIn = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -41,10 +42,13 @@ class ToolRunner:
         env: Mapping[str, str],
         call: Mapping[str, str | None],
         transcript: Transcript,
+        built_in: Mapping[str, BuiltIn] | None = None,
     ) -> None:
         self.tools = {tool.name: tool for tool in tools}
         self.http, self.secret, self.env, self.call = http, secret, env, dict(call)
         self.transcript = transcript
+        # transfer_call and send_dtmf, run by the call itself (session.py)
+        self.built_in = dict(built_in or {})
 
     async def run(
         self, name: str, arguments: Mapping[str, Any], announce: Callable[[str], Awaitable[None]] | None = None
@@ -52,8 +56,10 @@ class ToolRunner:
         """The tool's result, or `{"error": ...}`; both are written to the transcript.
         `announce(say_while_waiting)` is awaited once the tool has taken over SLOW_S."""
         tool = self.tools.get(name)
-        if tool is None:
-            result: Any = {"error": f"no tool named {name!r}"}
+        if name in self.built_in:
+            result: Any = await self.built_in[name](arguments)
+        elif tool is None:
+            result = {"error": f"no tool named {name!r}"}
         else:
             pending = asyncio.ensure_future(self._request(tool, dict(arguments)))
             done, _ = await asyncio.wait({pending}, timeout=SLOW_S)
@@ -99,6 +105,19 @@ class ToolRunner:
             return text.strip()
 
 
+# The built-ins a call may offer besides end_call: (description, properties; all required).
+BUILT_IN_SCHEMAS: dict[str, tuple[str, dict[str, Any]]] = {
+    "transfer_call": (
+        "Transfer the caller to a person: name one of the destinations (never a number the caller said).",
+        {"destination": {"type": "string", "description": "The destination's name"}},
+    ),
+    "send_dtmf": (
+        "Press keys on the phone (DTMF tones), e.g. to choose from a phone menu.",
+        {"digits": {"type": "string", "description": "The keys: 0-9, * and #"}},
+    ),
+}
+
+
 def offered_functions(runner: ToolRunner | None, end_call: Callable[[str], Awaitable[None]] | None) -> list[Any]:
     """What a function-calling LLM is offered: each HTTP tool, and `end_call` unless turned off.
 
@@ -131,6 +150,16 @@ def offered_functions(runner: ToolRunner | None, end_call: Callable[[str], Await
                 handler=call_tool,
             )
         )
+    built_in = runner.built_in if runner is not None else {}
+    for name, described in BUILT_IN_SCHEMAS.items():
+        if name in built_in:
+
+            async def call_built_in(params: FunctionCallParams, name: str = name) -> None:
+                assert runner is not None
+                await params.result_callback(await runner.run(name, params.arguments))
+
+            description, properties = described
+            offered.append(FunctionSchema(name, description, properties, list(properties), handler=call_built_in))
     if end_call is not None:
 
         async def hang_up(params: FunctionCallParams) -> None:

@@ -184,6 +184,7 @@ class PlivoFamilyApi(ProviderApi):
         return [
             web.post(account + "/Call/", self.create_call),
             web.delete(account + "/Call/{uuid}/", self.delete_call),
+            web.post(account + "/Call/{uuid}/", self.transfer_call),
             web.get(account + "/", self.read_account),
         ]
 
@@ -229,6 +230,22 @@ class PlivoFamilyApi(ProviderApi):
         if self.refuse_with:
             return self.refusal(self.refuse_with, "call not found")
         return web.Response(status=204)
+
+    async def transfer_call(self, request: web.Request) -> web.Response:
+        """A live call's A leg sent to fetch new XML from `aleg_url` (202, as protocols.md F1)."""
+        from aiohttp import web
+
+        entry, refused = await self.admit(request, "transfer")
+        if refused:
+            return refused
+        fields = entry["fields"]
+        if not isinstance(fields, dict) or fields.get("legs") not in ("aleg", "bleg", "both"):
+            return self.refusal(400, "legs must be aleg, bleg or both")
+        if fields["legs"] in ("aleg", "both") and not fields.get("aleg_url"):
+            return self.refusal(400, "aleg_url required")
+        if self.refuse_with:
+            return self.refusal(self.refuse_with, "call not found")
+        return web.json_response({"api_id": str(uuid.uuid4()), "message": "call transferred"}, status=202)
 
     async def read_account(self, request: web.Request) -> web.Response:
         from aiohttp import web

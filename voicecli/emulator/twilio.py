@@ -215,10 +215,15 @@ class TwilioApi(ProviderApi):
         from aiohttp import web
 
         entry, refused = await self.admit(request, "hangup")
+        fields = entry["fields"] or {}
+        if "Twiml" in fields or "Url" in fields:  # new instructions for the live call: a transfer
+            entry["kind"] = "transfer"
         if refused:
             return refused
         if self.refuse_with:
             return self.refusal(self.refuse_with, "The requested resource was not found")
+        if entry["kind"] == "hangup" and fields.get("Status") != "completed":
+            return self.refusal(400, "Status must be 'completed' or 'canceled', or give Twiml or Url")
         sid = request.match_info["sid"]
         return web.json_response({"sid": sid, "status": entry["fields"].get("Status", "")})
 

@@ -428,6 +428,41 @@ class TokenInStreamUrl(Capability):
         return request.query.get(self.token_param)
 
 
+@dataclass(frozen=True)
+class TransferRequest:
+    """A live call handed to a person: one of the agent's `[transfer] destinations`."""
+
+    call_id: str
+    provider_call_id: str | None
+    destination: str  # its name in the agent file (the model names it; never a number it heard)
+    number: str
+    caller_id: str | None  # the call's own number: the one called (inbound) or shown (outbound)
+    announce: str | None  # said to the caller by the provider, before it dials
+    document_url: str  # where a provider that fetches the new document (the Plivo family) gets it
+
+
+class Transfers(Capability, ABC):
+    """Redirects a live call to another number through the provider's API (cold transfer)."""
+
+    capability = "transfer"
+
+    @abstractmethod
+    async def transfer(self, http: aiohttp.ClientSession, request: TransferRequest) -> str:
+        """Redirect the call; what was done, for the record. ProviderError when refused."""
+
+
+class FetchesTransfer(Transfers, ABC):
+    """Fetches the transferred call's new document from voicecli (`document_url`)."""
+
+    @abstractmethod
+    async def read_transfer(self, request: web.Request, public_url: str) -> None:
+        """Check that the provider sent this request for the document; WebhookRejected if not."""
+
+    @abstractmethod
+    def transfer_document(self, request: TransferRequest) -> web.StreamResponse:
+        """The document that says `announce` and dials the destination with the call's caller ID."""
+
+
 class StreamOnAnswered(Capability):
     """Asks for the stream document in the answer to a dialled call's `in-progress` status
     callback (Exotel's answered callback), not from an answer URL."""
@@ -460,7 +495,12 @@ async def authenticated_read(http: aiohttp.ClientSession, url: str, headers: Map
 
 
 async def post_for_json(
-    http: aiohttp.ClientSession, url: str, label: str, refusal_of: Callable[[str], str], **request: Any
+    http: aiohttp.ClientSession,
+    url: str,
+    label: str,
+    refusal_of: Callable[[str], str],
+    action: str = "the call",
+    **request: Any,
 ) -> Any:
     """POST a dial to a provider's REST API and return its JSON answer; ProviderError, in the
     provider's words (`refusal_of(body)`), when it refuses, cannot be reached or answers badly."""
@@ -472,7 +512,7 @@ async def post_for_json(
         async with http.post(url, **request) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise ProviderError(f"{label} refused the call: HTTP {resp.status}: {refusal_of(text)}")
+                raise ProviderError(f"{label} refused {action}: HTTP {resp.status}: {refusal_of(text)}")
             return json.loads(text)
     except ProviderError:
         raise

@@ -22,6 +22,7 @@ from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     ChecksAccount,
     DialRequest,
+    FetchesTransfer,
     HangsUp,
     InboundCall,
     Provider,
@@ -31,6 +32,7 @@ from voicecli.providers.base import (
     StreamCall,
     StreamStart,
     TokenInStreamUrl,
+    TransferRequest,
     WebhookRejected,
     authenticated_read,
     form_params,
@@ -90,7 +92,7 @@ class PlivoFamilySettings(ProviderSettings):
     api_base: str = row("", as_str, "{label} REST base URL", file_only=True)
 
 
-class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInStreamUrl):
+class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInStreamUrl, FetchesTransfer):
     """A Plivo-compatible provider: bidirectional mu-law `<Stream>`, REST dial and hang-up."""
 
     config: PlivoFamilySettings
@@ -273,6 +275,35 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
         if not isinstance(request_uuid, str) or not request_uuid:
             raise ProviderError(f"{self.label}'s answer had no request_uuid")
         return request_uuid
+
+    # --- transfer (protocols.md F1): the A leg fetches new XML from voicecli ------------
+    async def transfer(self, http: aiohttp.ClientSession, request: TransferRequest) -> str:
+        from voicecli.errors import ProviderError
+
+        missing = self.missing_credentials()
+        if missing:
+            raise ProviderError(f"cannot transfer through {self.label}'s API: {', '.join(missing)} not set")
+        if not request.provider_call_id:
+            raise ProviderError(f"cannot transfer through {self.label}'s API: no call UUID")
+        body = {"legs": "aleg", "aleg_url": request.document_url, "aleg_method": "POST"}
+        url = f"{self.account_url}/Call/{request.provider_call_id}/"
+        await post_for_json(http, url, self.label, api_error, "the transfer", json=body, headers=self.auth_headers())
+        return f"transferred through {self.label}'s REST API"
+
+    async def read_transfer(self, request: web.Request, public_url: str) -> None:
+        await self._form(request, public_url)  # signed by the provider, or WebhookRejected
+
+    def transfer_document(self, request: TransferRequest) -> web.StreamResponse:
+        from xml.etree import ElementTree
+
+        from aiohttp import web
+
+        response = ElementTree.Element("Response")
+        if request.announce:
+            ElementTree.SubElement(response, "Speak").text = request.announce
+        dial = ElementTree.SubElement(response, "Dial", {"callerId": request.caller_id} if request.caller_id else {})
+        ElementTree.SubElement(dial, "Number").text = request.number
+        return web.Response(text=ElementTree.tostring(response, encoding="unicode"), content_type="application/xml")
 
 
 def api_error(text: str) -> str:

@@ -26,6 +26,8 @@ from voicecli.providers.base import (
     StatusUpdate,
     StreamCall,
     StreamStart,
+    TransferRequest,
+    Transfers,
     WebhookRejected,
     form_params,
     row,
@@ -104,7 +106,7 @@ def refusal(exc: Exception) -> str:
     return f"HTTP {status}: {message or exc.args[0]}"
 
 
-class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgrades):
+class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgrades, Transfers):
     """Twilio Programmable Voice with bidirectional Media Streams."""
 
     name = "twilio"
@@ -260,6 +262,35 @@ class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgra
         except Exception as exc:  # network failures and timeouts: the call still ends on our side
             return f"Twilio hang-up failed: {type(exc).__name__}: {exc}"
         return "hung up through Twilio's REST API"
+
+    async def transfer(self, http: aiohttp.ClientSession, request: TransferRequest) -> str:
+        """The live call's TwiML replaced: the announcement, then a <Dial> (the stream ends)."""
+        from xml.etree import ElementTree
+
+        from twilio.base.exceptions import TwilioRestException
+
+        from voicecli.errors import ProviderError
+
+        missing = self.missing_credentials()
+        if missing:
+            raise ProviderError(f"cannot transfer through Twilio's API: {', '.join(missing)} not set")
+        if not request.provider_call_id:
+            raise ProviderError("cannot transfer through Twilio's API: no call sid")
+        response = ElementTree.Element("Response")
+        if request.announce:
+            ElementTree.SubElement(response, "Say").text = request.announce
+        dial = ElementTree.SubElement(response, "Dial", {"callerId": request.caller_id} if request.caller_id else {})
+        dial.text = request.number
+        try:
+            async with _rest(self.config) as client:
+                await client.calls(request.provider_call_id).update_async(
+                    twiml=ElementTree.tostring(response, encoding="unicode")
+                )
+        except TwilioRestException as exc:
+            raise ProviderError(f"Twilio refused the transfer: {refusal(exc)}") from None
+        except Exception as exc:  # network failures and timeouts
+            raise ProviderError(f"Twilio transfer failed: {type(exc).__name__}: {exc}") from None
+        return "transferred through Twilio's REST API"
 
     # --- the account and the number ---------------------------------------------------
     async def check_account(self, http: aiohttp.ClientSession) -> str | None:

@@ -40,6 +40,8 @@ from voicecli.providers.base import (
     StreamMessages,
     StreamOnAnswered,
     TokenInStreamUrl,
+    TransferRequest,
+    Transfers,
     WebhookRejected,
 )
 from voicecli.server import urls
@@ -95,6 +97,7 @@ class LiveCall:
     slot: Slot
     ws: web.WebSocketResponse
     record: CallRecord | None = None  # as admitted: who called whom, for the agent's tools
+    base_url: str = ""  # this server as the provider reached it (a transfer's document URL)
     session: CallSession | None = None
     error: str | None = None  # the session could not be built or run
     recorder: CallRecorder | None = None  # open from before the session runs until the record closes
@@ -400,6 +403,7 @@ class CallOwner:
                 await asyncio.shield(slot.release())
             self._leave(handshake)
         if admitted is not None:
+            admitted[0].base_url = state.base_url(request)
             await self._run(admitted, agent, messages)
         return ws
 
@@ -518,7 +522,7 @@ class CallOwner:
 
                 call.recorder = await start_recording(self.state, call.call_id)
             call.session = CallSession(
-                tools=self._tool_context(call) if served.tools else None,
+                tools=self._tool_context(call),
                 call_id=call.call_id,
                 agent=self.state.agents[agent],
                 provider=call.provider,
@@ -543,7 +547,54 @@ class CallOwner:
         facts: dict[str, str | None] = {"id": record.id, "provider": record.provider, "agent": record.agent}
         facts["direction"] = record.direction
         facts |= {"from": record.from_number, "to": record.to_number}
-        return ToolContext(self.state.require_http(), webhooks.secret, facts, self.state.settings.variables)
+        transfer = None
+        if isinstance(call.provider, Transfers):
+
+            async def transfer(destination: str, number: str) -> str:
+                return await self._transfer(call, destination, number)
+
+        return ToolContext(self.state.require_http(), webhooks.secret, facts, self.state.settings.variables, transfer)
+
+    async def _transfer(self, call: LiveCall, destination: str, number: str) -> str:
+        """Hand the live call to `number` through its provider (README, "Transfer")."""
+        provider, record = call.provider, call.record
+        assert isinstance(provider, Transfers) and record is not None
+        document_url = urls.transfer_url(call.base_url, provider.name, call.call_id, destination)
+        request = self._transfer_request(record, call.provider_call_id, destination, number, document_url)
+        logger.bind(call_id=call.call_id).info(f"transferring to {destination} through {provider.name}")
+        try:
+            return await asyncio.wait_for(
+                provider.transfer(self.state.require_http(), request), self.timeouts.hang_up_s
+            )
+        except TimeoutError:
+            raise ProviderError(
+                f"{provider.name} did not answer the transfer within {self.timeouts.hang_up_s:g}s"
+            ) from None
+
+    def transfer_document(self, provider: str, record: CallRecord | None, destination: str) -> TransferRequest:
+        """What a provider fetching a transferred call's new document gets: 404 unless `record`
+        is that provider's call and `destination` one of its agent's."""
+        served = self.state.agents.get(record.agent) if record else None
+        if record is None or served is None or record.provider != provider:
+            raise CallRefused(404, "no such call")
+        number = served.transfer.destinations.get(destination)
+        if number is None:
+            raise CallRefused(404, f"agent {served.name} has no transfer destination {destination!r}")
+        return self._transfer_request(record, record.provider_call_id, destination, number, "")
+
+    def _transfer_request(
+        self, record: CallRecord, provider_call_id: str | None, destination: str, number: str, document_url: str
+    ) -> TransferRequest:
+        # The caller ID is the call's own number: the one called (inbound), or the one shown (outbound).
+        return TransferRequest(
+            call_id=record.id,
+            provider_call_id=provider_call_id,
+            destination=destination,
+            number=number,
+            caller_id=record.to_number if record.direction == "inbound" else record.from_number,
+            announce=self.state.agents[record.agent].transfer.announce,
+            document_url=document_url,
+        )
 
     @asynccontextmanager
     async def _owned(self, call: LiveCall) -> AsyncIterator[LiveCall]:
@@ -572,7 +623,8 @@ class CallOwner:
             status, reason = session.outcome()
         caller_gone = session is not None and session.caller_gone
         try:
-            if not caller_gone:
+            # A transferred call is the provider's now: a hang-up would cut the person it dials.
+            if not caller_gone and status != "transferred":
                 # We end the call while the caller may be on the line: let the last words
                 # play, then hang up the way the provider needs.
                 forced = session is None or session.forced

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from loguru import logger
 
-from voicecli.providers.base import StreamCall, WebhookRejected
+from voicecli.providers.base import FetchesTransfer, StreamCall, WebhookRejected
 from voicecli.server import urls
 from voicecli.server.lifecycle import CallRefused
 from voicecli.server.state import STATE, ServerState
@@ -96,6 +96,24 @@ async def answer_dialled(request: web.Request) -> web.StreamResponse:
     return stream_document(request, state, call)
 
 
+async def transfer_document(request: web.Request) -> web.StreamResponse:
+    """POST /telephony/{provider}/transfer/{call_id}?to=NAME: a transferred call's new document,
+    for providers that fetch it (the Plivo family); only to a request the provider signed."""
+    state = request.app[STATE]
+    name = provider_name(request)
+    provider = state.provider(name)
+    if not isinstance(provider, FetchesTransfer):
+        raise web.HTTPNotFound(text=f"{name} does not fetch transfers from voicecli\n")
+    try:
+        await provider.read_transfer(request, state.public_url(request))
+        record = await state.store.get(request.match_info["call_id"])
+        transfer = state.calls.transfer_document(name, record, request.query.get("to", ""))
+    except (WebhookRejected, CallRefused) as exc:
+        logger.warning(f"{name} transfer document refused ({exc.status}): {exc.reason}")
+        return refusal(exc)
+    return provider.transfer_document(transfer)
+
+
 def setup_routes(app: web.Application) -> None:
     # Twilio may be configured to use GET for its voice webhook; POST is the default.
     app.router.add_post("/telephony/{provider}/inbound/{agent_name}", inbound_webhook)
@@ -104,3 +122,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/telephony/{provider}/status", status_callback)
     app.router.add_post("/telephony/{provider}/status/{call_id}", status_callback)
     app.router.add_post("/telephony/{provider}/answer/{call_id}", answer_dialled)
+    app.router.add_post("/telephony/{provider}/transfer/{call_id}", transfer_document)

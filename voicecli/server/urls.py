@@ -36,6 +36,13 @@ def answer_url(base: str, provider: str, call_id: str) -> str:
     return f"{base}/telephony/{provider}/answer/{call_id}"
 
 
+def transfer_url(base: str, provider: str, call_id: str, destination: str) -> str:
+    """Where a provider that transfers by fetching a new document (the Plivo family) gets it."""
+    from urllib.parse import quote
+
+    return f"{base}/telephony/{provider}/transfer/{call_id}?to={quote(destination)}"
+
+
 def hide_password(url: Any) -> Any:
     """A database URL fit to show: its password (in the address or the query) as ****."""
     if not isinstance(url, str) or not url:

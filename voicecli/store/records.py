@@ -26,13 +26,14 @@ CallStatus = Literal[
     "canceled",
     "interrupted",
     "no-stream",
+    "transferred",  # handed to a person by the agent's transfer_call
 ]
 Direction = Literal["inbound", "outbound"]
 Role = Literal["caller", "agent", "tool"]  # tool: an HTTP tool's call and result
 
 CALL_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
 TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {"completed", "busy", "no-answer", "failed", "canceled", "interrupted", "no-stream"}
+    {"completed", "busy", "no-answer", "failed", "canceled", "interrupted", "no-stream", "transferred"}
 )
 # A live call only moves forward: a late "ringing" callback must not undo "in-progress".
 PROGRESS_ORDER: dict[str, int] = {"queued": 0, "ringing": 1, "in-progress": 2}

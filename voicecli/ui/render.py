@@ -20,6 +20,7 @@ STATUS_STYLE = {
     "busy": "yellow",
     "no-answer": "yellow",
     "canceled": "yellow",
+    "transferred": "cyan",
 }
 
 
