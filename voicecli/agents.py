@@ -14,12 +14,26 @@ from voicecli.services import SERVICES, Kind, ServiceConfig
 from voicecli.services.options import OptionError
 from voicecli.services.script_rules import ScriptRule
 from voicecli.settings_schema import as_http_url
+from voicecli.store.records import VOICEMAIL_MODES, VoicemailMode
 from voicecli.tools import HttpTool, parse_tools
 
 AGENTS_DIR = "agents"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TOP_LEVEL = frozenset(
-    {"name", "greeting", "system_prompt", "goodbye", "stt", "llm", "tts", "call", "turn", "webhook", "tools"}
+    {
+        "name",
+        "greeting",
+        "system_prompt",
+        "goodbye",
+        "stt",
+        "llm",
+        "tts",
+        "call",
+        "turn",
+        "webhook",
+        "tools",
+        "outbound",
+    }
 )
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record"})
 
@@ -49,6 +63,22 @@ class TurnConfig:
     max_wait_s: float = 1.2
 
 
+DEFAULT_VOICEMAIL_MESSAGE = "Hello, sorry we missed you. Please call us back when you can. Goodbye!"
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """The `[outbound]` table: what a dialled call does when a machine answers.
+
+    `voicemail`: "off" (no detection: every answer is a person), "hangup" (end the call), or
+    "message" (wait for the greeting to end, say `voicemail_message`, hang up). A dial's own
+    `voicemail` overrides it.
+    """
+
+    voicemail: VoicemailMode = "off"
+    voicemail_message: str = DEFAULT_VOICEMAIL_MESSAGE
+
+
 @dataclass(frozen=True)
 class Agent:
     """A validated agent definition."""
@@ -70,6 +100,7 @@ class Agent:
     tools: tuple[HttpTool, ...] = ()  # `[[tools]]`: the user's HTTP services it may call
     # `[call] record`: each call written to `{recordings_dir}/{call_id}.wav` (call/recording.py).
     record: bool = False
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def rules(self) -> tuple[ScriptRule, ...]:
@@ -209,6 +240,17 @@ class _Checker:
                 raise self.fail(f"llm.rules[{index}].tool", f"no [[tools]] entry named {rule.tool!r} ({known})")
         return tools
 
+    def outbound(self, data: Mapping[str, Any]) -> OutboundConfig:
+        table = data.get("outbound", {})
+        if not isinstance(table, dict):
+            raise self.fail("[outbound]", "must be a table")
+        self.unknown(table, frozenset({"voicemail", "voicemail_message"}), "outbound.")
+        mode = table.get("voicemail", "off")
+        if mode not in VOICEMAIL_MODES:
+            raise self.fail("outbound.voicemail", f"{mode!r} is not one of {', '.join(VOICEMAIL_MODES)}")
+        message = self.text(table, "voicemail_message", "outbound.", required=False) or DEFAULT_VOICEMAIL_MESSAGE
+        return OutboundConfig(voicemail=mode, voicemail_message=message)
+
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
         table = data.get("turn", {})
         if not isinstance(table, dict):
@@ -276,5 +318,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         webhook_url=check.webhook(data),
         tools=check.tools(data, llm.options.get("rules", ()) if llm.provider == "script" else ()),
         record=record,
+        outbound=check.outbound(data),
         **extra,
     )

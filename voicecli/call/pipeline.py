@@ -31,6 +31,7 @@ from voicecli.agents import Agent, TurnConfig
 from voicecli.call.models import SharedSileroVAD, SharedSmartTurn
 from voicecli.call.tools import ToolRunner
 from voicecli.call.transport import CallLine, WebsocketTransport
+from voicecli.call.voicemail import RECOGNIZER_PHRASES, VoicemailParts
 from voicecli.services import SERVICES, create_service
 
 # Telephony audio is 8 kHz and the pipeline hears and speaks at 8 kHz, as pipecat's telephony
@@ -86,8 +87,12 @@ def build_task(
     env: Mapping[str, str],
     on_transcript: TranscriptSink,
     tools: ToolRunner | None = None,
+    voicemail: VoicemailParts | None = None,
 ) -> PipelineWorker:
-    """The pipeline task for one call, with the transcript written as the call goes."""
+    """The pipeline task for one call, with the transcript written as the call goes.
+
+    `voicemail`: a dialled call that listens for an answering machine (voicemail.py).
+    """
     params = TransportParams(
         audio_in_enabled=True,
         audio_out_enabled=True,
@@ -96,6 +101,8 @@ def build_task(
     )
     transport = WebsocketTransport(line, params)
     phrases = agent.phrases()
+    if voicemail is not None and voicemail.detector is not None:
+        phrases += RECOGNIZER_PHRASES  # the offline recognizer must be able to hear a greeting
     stt = create_service("stt", agent.stt, env, phrases)
     llm = create_service("llm", agent.llm, env)
     if tools is not None and hasattr(llm, "attach_tools"):
@@ -111,6 +118,8 @@ def build_task(
     )
 
     processors: list[Any] = [transport.input(), stt]
+    if voicemail is not None:
+        processors.append(voicemail.after_stt)
     if not SERVICES["llm"][agent.llm.provider].reads_dtmf:
         # Cloud LLMs hear key presses as text ("DTMF: 1"); the script reads them directly.
         processors.append(DTMFAggregator())
@@ -119,6 +128,7 @@ def build_task(
         AudioEnd(InputAudioRawFrame),
         llm,
         tts,
+        *([voicemail.gate] if voicemail is not None else []),
         transport.output(),
         AudioEnd(OutputAudioRawFrame),
         aggregators.assistant(),

@@ -36,6 +36,11 @@ def answer_url(base: str, provider: str, call_id: str) -> str:
     return f"{base}/telephony/{provider}/answer/{call_id}"
 
 
+def machine_url(base: str, provider: str, call_id: str) -> str:
+    """Where a provider posts its answering-machine verdict for a call we dialled."""
+    return f"{base}/telephony/{provider}/amd/{call_id}"
+
+
 def hide_password(url: Any) -> Any:
     """A database URL fit to show: its password (in the address or the query) as ****."""
     if not isinstance(url, str) or not url:
