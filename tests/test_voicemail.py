@@ -26,6 +26,9 @@ from voicecli.emulator.simulator import Press, Say, SimResult, Step, answer_dial
 from voicecli.providers import load_api, load_caller
 
 CUSTOMER = "+15551234567"
+# The verdict comes this long after the stream: the greeting has been synthesized and is
+# waiting at the gate by then (a provider takes seconds to decide).
+VERDICT_AFTER_S = 1.0
 GREETING = "Hi, this is Ada from voicecli."
 MESSAGE = "Please call Ada back. Goodbye."
 # A short agent: its greeting and message are what the tests listen for.
@@ -138,6 +141,7 @@ async def test_twilio_machine_verdict_leaves_the_message_and_hangs_up(start_serv
         assert dial["AsyncAmdStatusCallback"].endswith(f"/telephony/twilio/amd/{record['id']}")
         assert dial["AsyncAmdStatusCallbackMethod"] == "POST"
         await _streaming(server, record["id"])
+        await asyncio.sleep(VERDICT_AFTER_S)
         form = {"CallSid": call_sid, "AnsweredBy": "machine_end_beep"}
         async with http.post(amd_url, data=form) as resp:
             assert resp.status == 403  # verified like every Twilio webhook
@@ -185,6 +189,7 @@ async def test_vobiz_machine_verdict_waits_for_the_greeting_to_end_then_leaves_t
         assert dial["machine_detection"] == "true" and dial["machine_detection_method"] == "POST"
         assert dial["machine_detection_url"].endswith(f"/telephony/vobiz/amd/{record['id']}")
         await _streaming(server, record["id"])
+        await asyncio.sleep(VERDICT_AFTER_S)
         form = {"CallUUID": call_uuid, "Event": "MachineDetection", "Machine": "true"}
         async with http.post(f"{server.url}/telephony/vobiz/amd/{record['id']}", data=form) as resp:
             assert resp.status == 403  # signed like Vobiz's other callbacks
@@ -235,3 +240,16 @@ async def test_exotel_callee_whose_words_are_a_voicemail_greeting_is_hung_up_on(
     assert "hung up" in (call.end_reason or "")
     said = [t.text for t in await server.state.store.transcript(call.id)]
     assert not [t for t in said if GREETING in t]
+
+
+async def test_a_voicemail_mode_that_is_not_one_is_422_and_dials_nothing(start_server, line) -> None:
+    server = line.server = await start_server(agents=["vm"], **line.env())
+    async with aiohttp.ClientSession() as http:
+        body = {"phone_number": CUSTOMER, "agent_name": "vm", "provider": "twilio", "voicemail": "beep"}
+        async with http.post(server.url + "/api/calls/outbound", json=body, headers=server.headers) as resp:
+            assert resp.status == 422 and "hangup, message, off" in (await resp.json())["error"]
+        record = await _dial(http, server, provider="twilio", voicemail="off")  # no detection asked
+    [(dial, _)] = line.picked
+    assert not [k for k in dial if k in line.apis["twilio"].machine_fields]  # type: ignore[attr-defined]
+    assert record["voicemail"] == "off" and record["answered_by"] is None
+    assert [d["provider"] for d in line.apis["twilio"].of_kind("dial")] == ["twilio"]

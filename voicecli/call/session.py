@@ -16,7 +16,14 @@ from voicecli.call.models import load_models
 from voicecli.call.pipeline import build_task
 from voicecli.call.tools import ToolRunner
 from voicecli.call.transport import CallLine
-from voicecli.call.voicemail import GREETING_END_SILENCE_S, GREETING_LIMIT_S, Verdict, VoicemailPlan, voicemail_parts
+from voicecli.call.voicemail import (
+    GREETING_END_SILENCE_S,
+    GREETING_LIMIT_S,
+    RECOGNIZER_PHRASES,
+    Verdict,
+    VoicemailPlan,
+    voicemail_parts,
+)
 from voicecli.errors import AgentError
 from voicecli.services import create_service
 
@@ -45,6 +52,9 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
         for kind in ("stt", "llm", "tts"):
             try:
                 create_service(kind, getattr(agent, kind), env, agent.phrases())
+                if kind == "stt" and agent.outbound.voicemail != "off":
+                    # Its dialled calls may listen for a greeting: the recognizer for that too.
+                    create_service(kind, agent.stt, env, [*agent.phrases(), *RECOGNIZER_PHRASES])
             except Exception as exc:  # a service's own check of its options: the user's to fix
                 service = getattr(agent, kind).provider
                 raise AgentError(f"{agent.path}: the {kind} service {service!r} did not start: {exc}") from exc
