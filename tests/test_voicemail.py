@@ -253,3 +253,23 @@ async def test_a_voicemail_mode_that_is_not_one_is_422_and_dials_nothing(start_s
     assert not [k for k in dial if k in line.apis["twilio"].machine_fields]  # type: ignore[attr-defined]
     assert record["voicemail"] == "off" and record["answered_by"] is None
     assert [d["provider"] for d in line.apis["twilio"].of_kind("dial")] == ["twilio"]
+
+
+async def test_a_verdict_that_reaches_another_instance_goes_to_the_one_carrying_the_call(start_server, line) -> None:
+    # Two instances on one store, behind one public URL: the verdict lands on B, the call is on A.
+    env = line.env() | {"PUBLIC_BASE_URL": "https://voicecli.example"}
+    a = line.server = await start_server(agents=["vm"], **env)
+    b = await start_server(agents=["vm"], **env)
+    api = line.apis["vobiz"]
+    async with aiohttp.ClientSession() as http:
+        record = await _dial(http, a, provider="vobiz", voicemail="hangup")
+        [(dial, call_uuid)] = line.picked
+        assert dial["machine_detection_url"] == f"https://voicecli.example/telephony/vobiz/amd/{record['id']}"
+        await _streaming(a, record["id"])
+        await asyncio.sleep(VERDICT_AFTER_S)
+        assert await api.post_machine_verdict(http, b.url, dial, call_uuid, True) == 200  # type: ignore[attr-defined]
+    [result] = await asyncio.gather(*line.answered)
+    assert result.ended_by == "agent" and _agent_audio_s(result, "vobiz", a.state.settings) == 0
+    call = await a.state.store.get(record["id"])
+    assert call is not None and call.instance == a.state.holder
+    assert (call.answered_by, call.status) == ("machine", "completed") and "hung up" in (call.end_reason or "")

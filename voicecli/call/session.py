@@ -282,6 +282,8 @@ class CallSession:
             return
         self.end_reason = reason
         self.log.info(f"ending call: {reason}")
+        if self.voicemail is not None and self.voicemail.gate.pending:
+            await self.voicemail.gate.release()  # no verdict yet: whoever answered hears the goodbye
         await self.task.queue_frames([TTSSpeakFrame(self.agent.goodbye), EndFrame()])
         self._timers.append(asyncio.get_running_loop().call_later(POLITE_END_LIMIT_S, self._spawn, self.cut, reason))
 
