@@ -43,7 +43,9 @@ from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from voicecli.call.audio import rms
+from voicecli.providers.base import DetectsMachines, Provider
 from voicecli.services import ServiceConfig
+from voicecli.store.records import VoicemailMode
 
 # What a voicemail greeting says and a person does not: the keyword classifier's phrases.
 VOICEMAIL_PHRASES = ("leave a message", "after the tone", "not available", "voicemail")
@@ -86,6 +88,16 @@ class VoicemailPlan:
     message: str
     by_provider: bool  # the provider posts the verdict; else the pipeline classifies
     wait_s: float  # how long the greeting waits for a verdict
+
+
+def plan_for(mode: VoicemailMode | None, provider: Provider, message: str) -> VoicemailPlan | None:
+    """The plan of a dialled call that asked for `mode` (None when it asked for no detection):
+    the provider's verdict where it `DetectsMachines`, else the pipeline's."""
+    if mode is None or mode == "off":
+        return None
+    if isinstance(provider, DetectsMachines):
+        return VoicemailPlan(mode, message, True, provider.machine_detection_s + CALLBACK_GRACE_S)
+    return VoicemailPlan(mode, message, False, IN_PIPELINE_DETECTION_S)
 
 
 class MachineGate(FrameProcessor):

@@ -594,19 +594,12 @@ class CallOwner:
 
     def _voicemail_plan(self, call: LiveCall, agent: str) -> VoicemailPlan | None:
         """What a dialled call that asked for voicemail detection does; None for the others."""
-        from voicecli.call.voicemail import CALLBACK_GRACE_S, IN_PIPELINE_DETECTION_S, VoicemailPlan
+        from voicecli.call.voicemail import plan_for
 
-        mode = call.record.voicemail if call.record and call.record.direction == "outbound" else None
-        if mode not in ("hangup", "message"):
+        record = call.record
+        if record is None or record.direction != "outbound":
             return None
-        provider = call.provider
-        by_provider = isinstance(provider, DetectsMachines)
-        if isinstance(provider, DetectsMachines):
-            wait_s = provider.machine_detection_s + CALLBACK_GRACE_S
-        else:
-            wait_s = IN_PIPELINE_DETECTION_S
-        message = self.state.agents[agent].outbound.voicemail_message
-        return VoicemailPlan(mode, message, by_provider, wait_s)
+        return plan_for(record.voicemail, call.provider, self.state.agents[agent].outbound.voicemail_message)
 
     def _tool_context(self, call: LiveCall) -> ToolContext:
         from voicecli.call.session import ToolContext
