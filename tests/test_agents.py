@@ -83,6 +83,9 @@ def test_missing_keys_stop_only_the_agents_that_need_them(project: Path) -> None
         ),
         (DEMO_HEAD + SCRIPT + "[turn]\npatience = 1\n", "turn.patience: unknown key"),
         ("turn = 3\n" + DEMO_HEAD + SCRIPT, r"\[turn\]: must be a table"),
+        (DEMO_HEAD + SCRIPT + "[outbound]\nvoicemail = 'beep'\n", "outbound.voicemail: 'beep' is not one of hangup"),
+        (DEMO_HEAD + SCRIPT + "[outbound]\nvoicemail_message = ''\n", "outbound.voicemail_message: must be a non"),
+        (DEMO_HEAD + SCRIPT + "[outbound]\nvoicemail_url = 'x'\n", "outbound.voicemail_url: unknown key"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -91,6 +94,15 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> No
     with pytest.raises(AgentError, match=message) as info:
         load_agent(path)
     assert str(path) in str(info.value)
+
+
+def test_outbound_voicemail_defaults_to_off(tmp_path: Path) -> None:
+    path = tmp_path / "plain.toml"
+    path.write_text(DEMO_HEAD + SCRIPT)
+    assert load_agent(path).outbound.voicemail == "off"  # today's behaviour: no detection
+    path.write_text(DEMO_HEAD + SCRIPT + '[outbound]\nvoicemail = "message"\nvoicemail_message = "Call back."\n')
+    outbound = load_agent(path).outbound
+    assert (outbound.voicemail, outbound.voicemail_message) == ("message", "Call back.")
 
 
 def test_turn_table_defaults_to_smart_turn_with_a_short_fallback(tmp_path: Path) -> None:

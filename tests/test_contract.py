@@ -17,7 +17,7 @@ from voicecli.emulator.api import ProviderApi
 from voicecli.emulator.base import CallerSide
 from voicecli.emulator.simulator import Press, Say, SimResult, simulate_call, speech
 from voicecli.providers import PROVIDERS, load_api, load_caller, provider_class
-from voicecli.providers.base import HangsUp
+from voicecli.providers.base import DetectsMachines, HangsUp
 from voicecli.settings import load_settings
 
 
@@ -159,3 +159,5 @@ async def test_status_lists_every_provider_with_its_limit_and_capabilities(start
         assert (entry["active"], entry["limit"]) == (0, 10)
         hangs_up = issubclass(provider_class(name), HangsUp)
         assert ("hang-up" in entry["capabilities"]) == hangs_up
+        detects = issubclass(provider_class(name), DetectsMachines)
+        assert ("machine detection" in entry["capabilities"]) == detects

@@ -55,6 +55,8 @@ API_KEYS = [
     "recording_path",
     "recording_s",
     "recording_error",
+    "answered_by",
+    "voicemail",
 ]
 BACKENDS = {"sqlite": SQLiteCallStore, "postgres": PostgresCallStore}
 
@@ -302,6 +304,23 @@ async def test_a_recording_and_reply_latency_are_kept_with_the_call(store: CallS
         assert await reopened.unfinished_recordings() == []
     finally:
         await reopened.close()
+
+
+async def test_who_answered_is_kept_filtered_on_and_filled_in_after_the_end(store: CallStore) -> None:
+    dialled = await store.create(provider="twilio", agent="demo", direction="outbound", voicemail="message")
+    other = await store.create(provider="twilio", agent="demo", direction="outbound", voicemail="hangup")
+    assert dialled.voicemail == "message" and dialled.answered_by is None
+    assert (await store.update(dialled.id, answered_by="unknown")).answered_by == "unknown"  # type: ignore[union-attr]
+    assert (await store.update(dialled.id, answered_by="machine")).answered_by == "machine"  # type: ignore[union-attr]
+    assert [c.id for c in await store.list(answered_by="machine")] == [dialled.id]
+    await store.finish(other.id, "completed", "agent ended the call")
+    # A provider's verdict that comes after the call ended still fills the record in, once.
+    assert (await store.update(other.id, answered_by="human")).answered_by == "human"  # type: ignore[union-attr]
+    assert (await store.update(other.id, answered_by="machine")).answered_by == "human"  # type: ignore[union-attr]
+    again = await store.get(other.id)
+    assert again is not None and (again.answered_by, again.voicemail, again.status) == ("human", "hangup", "completed")
+    with pytest.raises(ValueError):
+        await store.update(dialled.id, answered_by="robot")  # type: ignore[arg-type]
 
 
 async def test_the_first_end_wins_and_ending_again_changes_nothing(store: CallStore) -> None:

@@ -14,6 +14,7 @@ from voicecli.services import SERVICES, Kind, ServiceConfig
 from voicecli.services.options import OptionError
 from voicecli.services.script_rules import ScriptRule
 from voicecli.settings_schema import as_http_url, as_phone
+from voicecli.store.records import VOICEMAIL_MODES, VoicemailMode
 from voicecli.tools import HttpTool, parse_tools
 
 AGENTS_DIR = "agents"
@@ -32,6 +33,7 @@ TOP_LEVEL = frozenset(
         "webhook",
         "tools",
         "transfer",
+        "outbound",
     }
 )
 CALL_KEYS = frozenset({"max_duration_s", "idle_timeout_s", "record", "end_call_tool", "dtmf_tool"})
@@ -60,6 +62,22 @@ class TurnConfig:
     silence_s: float = 0.6
     # pipecat's own fallback is 3 s after the voice detector's stop: a caller thinks the line died.
     max_wait_s: float = 1.2
+
+
+DEFAULT_VOICEMAIL_MESSAGE = "Hello, sorry we missed you. Please call us back when you can. Goodbye!"
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """The `[outbound]` table: what a dialled call does when a machine answers.
+
+    `voicemail`: "off" (no detection: every answer is a person), "hangup" (end the call), or
+    "message" (wait for the greeting to end, say `voicemail_message`, hang up). A dial's own
+    `voicemail` overrides it.
+    """
+
+    voicemail: VoicemailMode = "off"
+    voicemail_message: str = DEFAULT_VOICEMAIL_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,7 @@ class Agent:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     # `[call] record`: each call written to `{recordings_dir}/{call_id}.wav` (call/recording.py).
     record: bool = False
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def rules(self) -> tuple[ScriptRule, ...]:
@@ -261,6 +280,17 @@ class _Checker:
                 )
         return tools
 
+    def outbound(self, data: Mapping[str, Any]) -> OutboundConfig:
+        table = data.get("outbound", {})
+        if not isinstance(table, dict):
+            raise self.fail("[outbound]", "must be a table")
+        self.unknown(table, frozenset({"voicemail", "voicemail_message"}), "outbound.")
+        mode = table.get("voicemail", "off")
+        if mode not in VOICEMAIL_MODES:
+            raise self.fail("outbound.voicemail", f"{mode!r} is not one of {', '.join(VOICEMAIL_MODES)}")
+        message = self.text(table, "voicemail_message", "outbound.", required=False) or DEFAULT_VOICEMAIL_MESSAGE
+        return OutboundConfig(voicemail=mode, voicemail_message=message)
+
     def turn(self, data: Mapping[str, Any]) -> TurnConfig:
         table = data.get("turn", {})
         if not isinstance(table, dict):
@@ -334,5 +364,6 @@ def _validate(path: Path, data: dict[str, Any]) -> Agent:
         dtmf_tool=dtmf_tool,
         record=record,
         end_call_tool=end_call_tool,
+        outbound=check.outbound(data),
         **extra,
     )

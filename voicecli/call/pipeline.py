@@ -32,6 +32,7 @@ from voicecli.agents import Agent, TurnConfig
 from voicecli.call.models import SharedSileroVAD, SharedSmartTurn
 from voicecli.call.tools import ToolRunner, offered_functions
 from voicecli.call.transport import CallLine, WebsocketTransport
+from voicecli.call.voicemail import RECOGNIZER_PHRASES, VoicemailParts
 from voicecli.services import SERVICES, create_service
 
 # Telephony audio is 8 kHz and the pipeline hears and speaks at 8 kHz, as pipecat's telephony
@@ -88,11 +89,14 @@ def build_task(
     on_transcript: TranscriptSink,
     tools: ToolRunner | None = None,
     end_call: Callable[[str], Awaitable[None]] | None = None,
+    voicemail: VoicemailParts | None = None,
 ) -> PipelineWorker:
     """The pipeline task for one call, with the transcript written as the call goes.
 
     `tools` and `end_call` are offered to a function-calling LLM; the script LLM's rules
-    call the tools themselves."""
+    call the tools themselves. `voicemail`: a dialled call that listens for an answering
+    machine (voicemail.py).
+    """
     params = TransportParams(
         audio_in_enabled=True,
         audio_out_enabled=True,
@@ -101,6 +105,8 @@ def build_task(
     )
     transport = WebsocketTransport(line, params)
     phrases = agent.phrases()
+    if voicemail is not None and voicemail.detector is not None:
+        phrases += RECOGNIZER_PHRASES  # the offline recognizer must be able to hear a greeting
     stt = create_service("stt", agent.stt, env, phrases)
     llm = create_service("llm", agent.llm, env)
     functions: list[Any] = []
@@ -120,6 +126,8 @@ def build_task(
     )
 
     processors: list[Any] = [transport.input(), stt]
+    if voicemail is not None:
+        processors.append(voicemail.after_stt)
     if not SERVICES["llm"][agent.llm.provider].reads_dtmf:
         # Cloud LLMs hear key presses as text ("DTMF: 1"); the script reads them directly.
         processors.append(DTMFAggregator())
@@ -128,6 +136,7 @@ def build_task(
         AudioEnd(InputAudioRawFrame),
         llm,
         tts,
+        *([voicemail.gate] if voicemail is not None else []),
         transport.output(),
         AudioEnd(OutputAudioRawFrame),
         aggregators.assistant(),

@@ -17,6 +17,14 @@ from voicecli.call.models import load_models
 from voicecli.call.pipeline import build_task
 from voicecli.call.tools import BuiltIn, ToolRunner
 from voicecli.call.transport import CallLine
+from voicecli.call.voicemail import (
+    GREETING_END_SILENCE_S,
+    GREETING_LIMIT_S,
+    RECOGNIZER_PHRASES,
+    Verdict,
+    VoicemailPlan,
+    voicemail_parts,
+)
 from voicecli.errors import AgentError, ProviderError
 from voicecli.services import create_service
 
@@ -47,6 +55,9 @@ def warm_up(agents: Iterable[Agent], env: Mapping[str, str]) -> None:
         for kind in ("stt", "llm", "tts"):
             try:
                 create_service(kind, getattr(agent, kind), env, agent.phrases())
+                if kind == "stt" and agent.outbound.voicemail != "off":
+                    # Its dialled calls may listen for a greeting: the recognizer for that too.
+                    create_service(kind, agent.stt, env, [*agent.phrases(), *RECOGNIZER_PHRASES])
             except Exception as exc:  # a service's own check of its options: the user's to fix
                 service = getattr(agent, kind).provider
                 raise AgentError(f"{agent.path}: the {kind} service {service!r} did not start: {exc}") from exc
@@ -91,6 +102,7 @@ class CallSession:
         env: dict[str, str],
         tools: ToolContext | None = None,
         recorder: CallRecorder | None = None,
+        voicemail: VoicemailPlan | None = None,
     ):
         self.call_id = call_id
         self.agent = agent
@@ -134,20 +146,42 @@ class CallSession:
                 built_in=built_in,
             )
         end_call = self.end if agent.end_call_tool else None
-        self.task = build_task(agent, self.line, env, self._transcript, runner, end_call)
+        # A dialled call that listens for an answering machine: who answered, once known.
+        self.voicemail = voicemail_parts(voicemail, agent.llm, env) if voicemail else None
+        self.answered_by: Verdict | None = None
+        self.task = build_task(agent, self.line, env, self._transcript, runner, end_call, self.voicemail)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending: set[asyncio.Task[Any]] = set()
+        detector = self.voicemail.detector if self.voicemail else None
+        if detector is not None:
+
+            @detector.event_handler("on_conversation_detected")
+            async def _person(processor: Any) -> None:
+                await self.machine_verdict("human", detail="a person's words")
+
+            @detector.event_handler("on_voicemail_detected")
+            async def _machine(processor: Any) -> None:
+                # Fired once the greeting has been quiet for a while: it has ended.
+                await self.machine_verdict("machine", greeting_ended=True, detail="a voicemail greeting's words")
 
         @self.task.event_handler("on_idle_timeout")
         async def _idle(task: Any) -> None:
             await self.end("caller silent too long (idle timeout)")
 
-    async def run(self, end_after_greeting: str | None = None) -> None:
-        """Run the pipeline to its end; a pipeline failure is kept in `error`, never raised."""
+    async def run(self, end_after_greeting: str | None = None, answered_by: Verdict | None = None) -> None:
+        """Run the pipeline to its end; a pipeline failure is kept in `error`, never raised.
+
+        `answered_by`: a provider's verdict that came before the stream.
+        """
         loop = asyncio.get_running_loop()
         self._timers.append(
             loop.call_later(self.agent.max_duration_s, self._spawn, self.end, "maximum call duration reached")
         )
+        if self.voicemail is not None:
+            wait_s = self.voicemail.plan.wait_s
+            self._timers.append(
+                loop.call_later(wait_s, self._spawn, self._no_verdict, f"no verdict within {wait_s:g}s")
+            )
         try:
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(self.task)
@@ -155,6 +189,8 @@ class CallSession:
                 await self.task.queue_frame(TTSSpeakFrame(self.agent.greeting))
             if end_after_greeting:
                 await self.end(end_after_greeting)
+            if answered_by is not None:
+                self._spawn_verdict(answered_by, "the provider's verdict, before the stream")
             await runner.run()
         except asyncio.CancelledError:
             self.forced = True
@@ -177,6 +213,60 @@ class CallSession:
         if self.error:
             return "failed", self.error
         return self.provider_status or "completed", self.end_reason or "agent ended the call"
+
+    def _spawn_verdict(self, answered_by: Verdict, detail: str) -> None:
+        task = asyncio.ensure_future(self.machine_verdict(answered_by, detail=detail))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _no_verdict(self, detail: str) -> None:
+        await self.machine_verdict("unknown", detail=detail)
+
+    async def machine_verdict(self, answered_by: Verdict, *, greeting_ended: bool = False, detail: str = "") -> None:
+        """Who answered this dialled call: the provider's verdict, the pipeline's, or none in
+        time. A person (or none) gets the held greeting; a machine is hung up on, or left the
+        agent's message once its greeting has ended. The first verdict stands, except that a
+        machine still counts after the wait ran out."""
+        parts = self.voicemail
+        if parts is None:
+            return
+        if self.answered_by is not None and not (self.answered_by == "unknown" and answered_by == "machine"):
+            return
+        self.answered_by = answered_by
+        self.log.info(f"answered by {answered_by} ({detail})")
+        await self.store.update(self.call_id, answered_by=answered_by)
+        if self.end_reason is not None or self.caller_gone:
+            return
+        if answered_by != "machine":
+            await parts.gate.release()
+            return
+        parts.gate.drop()
+        if parts.listener is not None:
+            parts.listener.machine = True
+        if parts.plan.mode == "hangup":
+            self.end_reason = "answering machine: hung up (voicemail = hangup)"
+            self.log.info(f"ending call: {self.end_reason}")
+            await self.task.cancel(reason=self.end_reason)
+            return
+        task = asyncio.ensure_future(self._leave_message(greeting_ended))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _leave_message(self, greeting_ended: bool) -> None:
+        """Wait for the machine's greeting to end (the line quiet), say the message, hang up."""
+        parts = self.voicemail
+        assert parts is not None
+        if not greeting_ended and parts.listener is not None:
+            await parts.listener.wait_quiet(GREETING_END_SILENCE_S, GREETING_LIMIT_S)
+        if self.end_reason is not None or self.caller_gone:
+            return
+        self.end_reason = "answering machine: left the voicemail message"
+        self.log.info(f"ending call: {self.end_reason}")
+        # Pushed from past the STT: on a machine nothing from upstream reaches the TTS.
+        await parts.after_stt.push_frame(TTSSpeakFrame(parts.plan.message))
+        await self.task.queue_frame(EndFrame())
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(POLITE_END_LIMIT_S, self._spawn, self.cut, self.end_reason))
 
     def _spawn(self, method: Any, reason: str) -> None:
         task = asyncio.ensure_future(method(reason))
@@ -247,6 +337,8 @@ class CallSession:
             return
         self.end_reason = reason
         self.log.info(f"ending call: {reason}")
+        if self.voicemail is not None and self.voicemail.gate.pending:
+            await self.voicemail.gate.release()  # no verdict yet: whoever answered hears the goodbye
         await self.task.queue_frames([TTSSpeakFrame(self.agent.goodbye), EndFrame()])
         self._timers.append(asyncio.get_running_loop().call_later(POLITE_END_LIMIT_S, self._spawn, self.cut, reason))
 

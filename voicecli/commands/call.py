@@ -13,6 +13,14 @@ def call(
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent (default: the server's only one).")] = None,
     provider: Annotated[str | None, typer.Option("--provider", "-p", help="Provider for this call.")] = None,
     from_number: Annotated[str | None, typer.Option("--from", help="Caller ID (default: the provider's).")] = None,
+    voicemail: Annotated[
+        str | None,
+        typer.Option(
+            "--voicemail",
+            help="When a machine answers: hangup, message (leave the agent's voicemail_message) or off "
+            "(default: the agent's [outbound] voicemail).",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the call to its end; print the transcript.")] = False,
     server: Annotated[str | None, typer.Option("--server", help="Server URL (default: the running one).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Settings file.")] = None,
@@ -25,7 +33,15 @@ def call(
 
     client = connect(load_settings(config_path=config), server)
     agent = choose_agent(client.get("/api/status")["agents"], agent)
-    body = {"phone_number": number, "agent_name": agent, "provider": provider, "from_number": from_number}
+    if voicemail is not None and voicemail not in ("hangup", "message", "off"):
+        raise typer.BadParameter("must be hangup, message or off", param_hint="--voicemail")
+    body = {
+        "phone_number": number,
+        "agent_name": agent,
+        "provider": provider,
+        "from_number": from_number,
+        "voicemail": voicemail,
+    }
     dial = {k: v for k, v in body.items() if v}
     record = client.request("POST", "/api/calls/outbound", body=dial, timeout=DIAL_TIMEOUT_S)
     console = stdout()

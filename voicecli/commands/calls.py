@@ -39,6 +39,9 @@ def calls(
     status: Annotated[str | None, typer.Option(help="Only calls with this status.")] = None,
     provider: Annotated[str | None, typer.Option(help="Only this provider's calls.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent's calls.")] = None,
+    answered_by: Annotated[
+        str | None, typer.Option("--answered-by", help="Only dialled calls answered by: human, machine or unknown.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many calls.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     live: Annotated[
@@ -62,8 +65,12 @@ def calls(
     rows = _read(
         server,
         config,
-        lambda client: client.get("/api/calls", status=status, provider=provider, agent=agent, limit=limit),
-        lambda store: views.call_rows(store, limit=limit, status=status, provider=provider, agent=agent),
+        lambda client: client.get(
+            "/api/calls", status=status, provider=provider, agent=agent, answered_by=answered_by, limit=limit
+        ),
+        lambda store: views.call_rows(
+            store, limit=limit, status=status, provider=provider, agent=agent, answered_by=answered_by
+        ),
     )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

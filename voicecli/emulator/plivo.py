@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from voicecli.emulator.base import SimCall
 
 
+def sign(token: str, url: str, form: Mapping[str, str]) -> dict[str, str]:
+    """Plivo's signature headers on a callback to `url` with `form` (protocols.md C5)."""
+    nonce = "".join(secrets.choice("0123456789") for _ in range(20))
+    return {
+        V3: hmac_b64(token, f"{plivo_v3_string(url, form)}.{nonce}"),
+        f"{V3}-Nonce": nonce,
+        # The legacy V2 rides along, as Plivo sends it; voicecli checks V3.
+        "X-Plivo-Signature-V2": hmac_b64(token, base_url(url) + nonce),
+        "X-Plivo-Signature-V2-Nonce": nonce,
+    }
+
+
 class PlivoCaller(PlivoFamilyCaller):
     provider = PlivoProvider
 
@@ -28,14 +40,7 @@ class PlivoCaller(PlivoFamilyCaller):
         self._request_of: dict[str, str] = {}  # a dialled call's CallUUID -> its RequestUUID
 
     def sign(self, token: str, url: str, form: Mapping[str, str]) -> dict[str, str]:
-        nonce = "".join(secrets.choice("0123456789") for _ in range(20))
-        return {
-            V3: hmac_b64(token, f"{plivo_v3_string(url, form)}.{nonce}"),
-            f"{V3}-Nonce": nonce,
-            # The legacy V2 rides along, as Plivo sends it; voicecli checks V3.
-            "X-Plivo-Signature-V2": hmac_b64(token, base_url(url) + nonce),
-            "X-Plivo-Signature-V2-Nonce": nonce,
-        }
+        return sign(token, url, form)
 
     async def pick_up(
         self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call: SimCall
@@ -70,6 +75,9 @@ class PlivoApi(PlivoFamilyApi):
     def credentials_given(self, request: web.Request) -> bool:
         c = self.credentials
         return request.headers.get("Authorization") == basic_auth(c["auth_id"], c["auth_token"])
+
+    def sign(self, url: str, form: Mapping[str, str]) -> dict[str, str]:
+        return sign(self.credentials["auth_token"], url, form)
 
     def request_uuid(self) -> str:
         request_uuid = str(uuid.uuid4())

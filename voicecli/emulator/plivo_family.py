@@ -177,6 +177,36 @@ class PlivoFamilyApi(ProviderApi):
     def credentials_given(self, request: web.Request) -> bool:
         """Whether the request carries the auth ID and token the way this API wants them."""
 
+    @abstractmethod
+    def sign(self, url: str, form: Mapping[str, str]) -> dict[str, str]:
+        """The signature headers the provider puts on a callback to `url`."""
+
+    # Fields a dial carries to ask for asynchronous machine detection (protocols.md F3).
+    machine_fields = (
+        "machine_detection",
+        "machine_detection_time",
+        "machine_detection_url",
+        "machine_detection_method",
+    )
+
+    async def post_machine_verdict(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call_uuid: str, machine: bool
+    ) -> int:
+        """Post the asynchronous machine detection callback (`Machine=true|false`) for a dialled
+        call to the dial's `machine_detection_url`, signed; the HTTP status the server answered."""
+        url = str(dial["machine_detection_url"])
+        form = {
+            "CallUUID": call_uuid,
+            "From": str(dial["from"]),
+            "To": str(dial["to"]),
+            "Direction": "outbound",
+            "CallStatus": "in-progress",
+            "Event": "MachineDetection",
+            "Machine": "true" if machine else "false",
+        }
+        async with http.post(on_server(url, server_url), data=form, headers=self.sign(url, form)) as resp:
+            return resp.status
+
     def routes(self) -> list[web.RouteDef]:
         from aiohttp import web
 

@@ -220,8 +220,13 @@ async def answer_dialled_call(
     reply_timeout: float = 20.0,
     linger_s: float = 1.0,
     api_token: str | None = None,
+    callee_first: bool = False,
 ) -> SimResult:
-    """Pick up a call the server dialled, given what it sent the provider's REST API."""
+    """Pick up a call the server dialled, given what it sent the provider's REST API.
+
+    `callee_first`: the first step starts at once (an answering machine's greeting), without
+    waiting for the agent to speak.
+    """
     caller = load_caller(provider, settings)
     call = replace(caller.new_call("+15559870000", "+15551230000"), provider_call_id=provider_call_id)
 
@@ -232,7 +237,9 @@ async def answer_dialled_call(
         # After the stream, the provider reports the call's end to the dial's status URL.
         result.status_callback = await caller.call_ended(http, server_url.rstrip("/"), dial, call)
 
-    return await _run(caller, call, pick_up, server_url, provider, steps, reply_timeout, linger_s, api_token, hang_up)
+    return await _run(
+        caller, call, pick_up, server_url, provider, steps, reply_timeout, linger_s, api_token, hang_up, callee_first
+    )
 
 
 async def _run(
@@ -246,13 +253,26 @@ async def _run(
     linger_s: float,
     api_token: str | None,
     after: Callable[[aiohttp.ClientSession, SimResult], Awaitable[None]] | None = None,
+    callee_first: bool = False,
 ) -> SimResult:
     result = SimResult(call)
     server_url = server_url.rstrip("/")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as http:
         try:
             stream_url, parameters = await connect(http)
-            await _talk(http, caller, call, result, stream_url, parameters, server_url, steps, reply_timeout, linger_s)
+            await _talk(
+                http,
+                caller,
+                call,
+                result,
+                stream_url,
+                parameters,
+                server_url,
+                steps,
+                reply_timeout,
+                linger_s,
+                callee_first,
+            )
             if after is not None:
                 await after(http, result)
             if api_token:
@@ -281,6 +301,7 @@ async def _talk(
     steps: Sequence[Step],
     reply_timeout: float,
     linger_s: float,
+    callee_first: bool = False,
 ) -> None:
     async with http.ws_connect(_local_ws_url(stream_url, server_url), autoping=True) as ws:
         opening = caller.opening(call, parameters)
@@ -289,7 +310,8 @@ async def _talk(
             await line.send(message)
         tasks = [asyncio.create_task(line.receive(result)), asyncio.create_task(line.clock())]
         try:
-            await line.agent_turn(reply_timeout)
+            if not callee_first:
+                await line.agent_turn(reply_timeout)
             for step in steps:
                 if line.closed.is_set():
                     break

@@ -211,6 +211,28 @@ class TwilioApi(ProviderApi):
             {"sid": sid, "status": "queued", "to": fields["To"], "from": fields["From"]}, status=201
         )
 
+    # Fields a dial carries to ask for asynchronous answering-machine detection (protocols.md F3).
+    machine_fields = ("MachineDetection", "AsyncAmd", "AsyncAmdStatusCallback", "AsyncAmdStatusCallbackMethod")
+
+    async def post_machine_verdict(
+        self, http: aiohttp.ClientSession, server_url: str, dial: Mapping[str, Any], call_sid: str, answered_by: str
+    ) -> int:
+        """Post Twilio's AMD verdict (`AnsweredBy`) for a dialled call to the URL the dial gave,
+        signed as Twilio signs it; the HTTP status the server answered."""
+        from twilio.request_validator import RequestValidator
+
+        url = str(dial["AsyncAmdStatusCallback"])
+        form = {
+            "AccountSid": self.credentials["account_sid"],
+            "CallSid": call_sid,
+            "AnsweredBy": answered_by,
+            "MachineDetectionDuration": "2400",
+        }
+        signature = RequestValidator(self.credentials["auth_token"]).compute_signature(url, form)
+        headers = {"User-Agent": "TwilioProxy/1.1", "X-Twilio-Signature": signature}
+        async with http.post(on_server(url, server_url), data=form, headers=headers) as resp:
+            return resp.status
+
     async def update_call(self, request: web.Request) -> web.Response:
         from aiohttp import web
 

@@ -14,19 +14,24 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 
+def sign(token: str, url: str) -> dict[str, str]:
+    """Vobiz's signature headers on a callback to `url`: per its docs, over the base URL and
+    the nonce only (protocols.md C5)."""
+    base = base_url(url)
+    nonce = "".join(secrets.choice("0123456789") for _ in range(20))
+    return {
+        V3: hmac_b64(token, f"{base}.{nonce}"),
+        f"{V3}-Nonce": nonce,
+        V2: hmac_b64(token, base + nonce),
+        f"{V2}-Nonce": nonce,
+    }
+
+
 class VobizCaller(PlivoFamilyCaller):
     provider = VobizProvider
 
     def sign(self, token: str, url: str, form: Mapping[str, str]) -> dict[str, str]:
-        # Per Vobiz's docs: base URL and nonce only (protocols.md C5).
-        base = base_url(url)
-        nonce = "".join(secrets.choice("0123456789") for _ in range(20))
-        return {
-            V3: hmac_b64(token, f"{base}.{nonce}"),
-            f"{V3}-Nonce": nonce,
-            V2: hmac_b64(token, base + nonce),
-            f"{V2}-Nonce": nonce,
-        }
+        return sign(token, url)
 
 
 class VobizApi(PlivoFamilyApi):
@@ -41,6 +46,9 @@ class VobizApi(PlivoFamilyApi):
         c = self.credentials
         headers = (request.headers.get("X-Auth-ID"), request.headers.get("X-Auth-Token"))
         return headers == (c["auth_id"], c["auth_token"]) and "Authorization" not in request.headers
+
+    def sign(self, url: str, form: Mapping[str, str]) -> dict[str, str]:
+        return sign(self.credentials["auth_token"], url)
 
 
 caller = VobizCaller

@@ -79,6 +79,9 @@ class DialRequest:
     status_url: str  # https://host/telephony/{provider}/status/{call_id}
     answer_url: str  # https://host/telephony/{provider}/answer/{call_id}
     call: StreamCall
+    # Where the provider posts its answering-machine verdict (https://host/telephony/{provider}/amd/{call_id}),
+    # for a provider that `DetectsMachines` on a call that asked for detection; None: do not ask.
+    machine_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,32 @@ class FetchesTransfer(Transfers, ABC):
     @abstractmethod
     def transfer_document(self, request: TransferRequest) -> web.StreamResponse:
         """The document that says `announce` and dials the destination with the call's caller ID."""
+
+
+@dataclass(frozen=True)
+class MachineVerdict:
+    """A provider's answering-machine callback: who answered, and whether the greeting is over."""
+
+    provider_call_id: str | None
+    answered_by: Literal["human", "machine", "unknown"]
+    detail: str  # the provider's own words, for the log and the record: "Twilio: machine_end_beep"
+    greeting_ended: bool = False  # a machine whose greeting (and beep) has already played
+    nonces: tuple[str, ...] = ()  # as InboundCall.nonces
+    dial_id: str | None = None  # as InboundCall.dial_id
+
+
+class DetectsMachines(Capability, ABC):
+    """Tells a person from an answering machine on a dialled call, itself, and posts its
+    verdict to the dial's `machine_url` (protocols.md F3). Others are detected in the pipeline."""
+
+    capability = "machine detection"
+    # How long after the answer the verdict may take to come: the greeting waits up to this
+    # (a little more, for the callback's trip), then the call goes on as if a person answered.
+    machine_detection_s: ClassVar[float]
+
+    @abstractmethod
+    async def read_machine_verdict(self, request: web.Request, public_url: str) -> MachineVerdict:
+        """Verify and parse the verdict callback; raise WebhookRejected when it is bad."""
 
 
 class StreamOnAnswered(Capability):

@@ -21,10 +21,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     ChecksAccount,
+    DetectsMachines,
     DialRequest,
     FetchesTransfer,
     HangsUp,
     InboundCall,
+    MachineVerdict,
     Provider,
     ProviderSettings,
     SendsStop,
@@ -92,8 +94,16 @@ class PlivoFamilySettings(ProviderSettings):
     api_base: str = row("", as_str, "{label} REST base URL", file_only=True)
 
 
-class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInStreamUrl, FetchesTransfer):
+# The detection time asked for on a dial (Vobiz takes 2000-10000 ms, default 5000; F3).
+MACHINE_DETECTION_MS = 5000
+
+
+class PlivoFamilyProvider(
+    Provider, ChecksAccount, DetectsMachines, HangsUp, SendsStop, TokenInStreamUrl, FetchesTransfer
+):
     """A Plivo-compatible provider: bidirectional mu-law `<Stream>`, REST dial and hang-up."""
+
+    machine_detection_s = MACHINE_DETECTION_MS / 1000
 
     config: PlivoFamilySettings
     # The signature headers this provider sends, most trusted first (each with `-Nonce`).
@@ -172,6 +182,21 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
             call_uuid,
             HANGUP_STATUS.get(status, "completed"),
             f"{self.label}: {cause}",
+            nonces=nonces,
+            dial_id=text_field(params, "RequestUUID"),
+        )
+
+    async def read_machine_verdict(self, request: web.Request, public_url: str) -> MachineVerdict:
+        # Asynchronous machine detection's callback: `Machine=true|false` (F3). It says nothing
+        # of the greeting's end: the pipeline listens for the silence after it.
+        params, nonces = await self._form(request, public_url)
+        machine = str(params.get("Machine", "")).lower()
+        if machine not in ("true", "false"):
+            raise WebhookRejected(400, "missing Machine=true|false: not a machine detection callback")
+        return MachineVerdict(
+            text_field(params, "CallUUID"),
+            "machine" if machine == "true" else "human",
+            f"{self.label}: Machine={machine}",
             nonces=nonces,
             dial_id=text_field(params, "RequestUUID"),
         )
@@ -261,7 +286,7 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
             return f"{self.label} hang-up failed: {type(exc).__name__}: {exc}"
 
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
-        body = {
+        body: dict[str, Any] = {
             "from": request.from_number,
             "to": request.to_number,
             "answer_url": request.answer_url,
@@ -269,6 +294,14 @@ class PlivoFamilyProvider(Provider, ChecksAccount, HangsUp, SendsStop, TokenInSt
             "hangup_url": request.status_url,
             "hangup_method": "POST",
         }
+        if request.machine_url:
+            # Asynchronous detection: the verdict is posted to the URL while the call goes on (F3).
+            body.update(
+                machine_detection="true",
+                machine_detection_time=MACHINE_DETECTION_MS,
+                machine_detection_url=request.machine_url,
+                machine_detection_method="POST",
+            )
         url = f"{self.account_url}/Call/"
         data = await post_for_json(http, url, self.label, api_error, json=body, headers=self.auth_headers())
         request_uuid = data.get("request_uuid") if isinstance(data, dict) else None

@@ -10,15 +10,17 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
     ChecksAccount,
+    DetectsMachines,
     DialRequest,
     HangsUp,
     InboundCall,
+    MachineVerdict,
     PointsNumbers,
     Provider,
     ProviderSettings,
@@ -55,6 +57,21 @@ STATUSES = {
     "canceled": "canceled",
     "failed": "failed",
 }
+
+
+# Twilio's AnsweredBy values (protocols.md F3): who answered, and whether a machine's
+# greeting has ended (DetectMessageEnd waits for the beep, or the silence after it).
+ANSWERED_BY: dict[str, tuple[Literal["human", "machine", "unknown"], bool]] = {
+    "human": ("human", False),
+    "machine_start": ("machine", False),
+    "machine_end_beep": ("machine", True),
+    "machine_end_silence": ("machine", True),
+    "machine_end_other": ("machine", True),
+    "fax": ("machine", True),
+    "unknown": ("unknown", False),
+}
+# MachineDetectionTimeout's default: the longest Twilio takes to decide.
+MACHINE_DETECTION_S = 30.0
 
 
 # The SDK's async client ignores its constructor's timeout (twilio 9.13): every REST call
@@ -106,7 +123,7 @@ def refusal(exc: Exception) -> str:
     return f"HTTP {status}: {message or exc.args[0]}"
 
 
-class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgrades, Transfers):
+class TwilioProvider(Provider, ChecksAccount, DetectsMachines, HangsUp, PointsNumbers, SignsUpgrades, Transfers):
     """Twilio Programmable Voice with bidirectional Media Streams."""
 
     name = "twilio"
@@ -114,6 +131,7 @@ class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgra
     config_type = TwilioSettings
     config: TwilioSettings
     credentials_from = "console.twilio.com > Account Info"
+    machine_detection_s = MACHINE_DETECTION_S
     console_hint = (
         'Twilio console > Phone Numbers > {number} > Voice configuration > "A call comes in": Webhook, HTTP POST'
     )
@@ -223,9 +241,27 @@ class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgra
             raise WebhookRejected(400, "missing or unknown CallStatus")
         return StatusUpdate(text_field(params, "CallSid"), status, f"Twilio: {params.get('CallStatus')}")
 
+    async def read_machine_verdict(self, request: web.Request, public_url: str) -> MachineVerdict:
+        params = await self._signed_params(request, public_url)
+        answered_by = str(params.get("AnsweredBy", ""))
+        if answered_by not in ANSWERED_BY:
+            raise WebhookRejected(400, "missing or unknown AnsweredBy")
+        verdict, ended = ANSWERED_BY[answered_by]
+        return MachineVerdict(text_field(params, "CallSid"), verdict, f"Twilio: {answered_by}", greeting_ended=ended)
+
     async def dial(self, http: aiohttp.ClientSession, request: DialRequest) -> str:
         from twilio.base.exceptions import TwilioException
 
+        machine: dict[str, str] = {}
+        if request.machine_url:
+            # Asynchronous AMD: the call is answered (and streamed) at once, the verdict is
+            # posted when Twilio has it; DetectMessageEnd waits for a machine's beep (F3).
+            machine = dict(
+                machine_detection="DetectMessageEnd",
+                async_amd="true",
+                async_amd_status_callback=request.machine_url,
+                async_amd_status_callback_method="POST",
+            )
         try:
             async with _rest(self.config) as client:
                 call = await client.calls.create_async(
@@ -235,6 +271,7 @@ class TwilioProvider(Provider, ChecksAccount, HangsUp, PointsNumbers, SignsUpgra
                     status_callback=request.status_url,
                     status_callback_event=["initiated", "ringing", "answered", "completed"],
                     status_callback_method="POST",
+                    **machine,
                 )
         except TwilioException as exc:
             raise ProviderError(f"Twilio refused the call: {refusal(exc)}") from None

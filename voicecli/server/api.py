@@ -48,7 +48,7 @@ def _limit(request: web.Request) -> int:
 async def list_calls(request: web.Request) -> web.Response:
     """Recent calls, newest first, with turns so far and the last thing said.
 
-    Filters: status, provider, agent, active=1, limit.
+    Filters: status, provider, agent, answered_by, active=1, limit.
     """
     state = request.app[STATE]
     query = request.query
@@ -58,6 +58,7 @@ async def list_calls(request: web.Request) -> web.Response:
         status=query.get("status") or None,
         provider=query.get("provider") or None,
         agent=query.get("agent") or None,
+        answered_by=query.get("answered_by") or None,
         active_only=query.get("active") in ("1", "true", "yes"),
     )
     return web.json_response(rows)

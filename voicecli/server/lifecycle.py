@@ -30,9 +30,11 @@ from loguru import logger
 
 from voicecli.errors import ProviderError
 from voicecli.providers.base import (
+    DetectsMachines,
     DialRequest,
     HangsUp,
     InboundCall,
+    MachineVerdict,
     SendsStop,
     SignsUpgrades,
     StatusUpdate,
@@ -47,12 +49,13 @@ from voicecli.providers.base import (
 from voicecli.server import urls
 from voicecli.server.limits import Slot, UnprovenCap
 from voicecli.server.tokens import TokenScope, make_token, verify_token
-from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, StoreUnavailable, new_call_id
+from voicecli.store import TERMINAL_STATUSES, CallRecord, Event, SlotCount, StoreUnavailable, VoicemailMode, new_call_id
 from voicecli.store.records import parse_iso
 
 if TYPE_CHECKING:
     from voicecli.call.recording import CallRecorder
     from voicecli.call.session import CallSession, ToolContext
+    from voicecli.call.voicemail import VoicemailPlan
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.server.state import ServerState
 
@@ -64,6 +67,8 @@ HARD_MESSAGE_LIMIT = 4 * 1024 * 1024
 NONCE_KEEP_S = 30 * 24 * 3600
 # The event a status callback sends to the process carrying the call it ends.
 PROVIDER_ENDED = "provider-ended"
+# The event a machine detection callback sends to the process carrying the call.
+MACHINE_VERDICT = "machine-verdict"
 
 
 @dataclass(frozen=True)
@@ -235,8 +240,20 @@ class CallOwner:
         )
         return self.stream_call(record)
 
-    async def dial(self, provider_name: str, agent: str, phone: str, from_number: str | None, base: str) -> CallRecord:
-        """An outbound call: reserve a slot, record it, dial; the answered stream claims both."""
+    async def dial(
+        self,
+        provider_name: str,
+        agent: str,
+        phone: str,
+        from_number: str | None,
+        base: str,
+        voicemail: VoicemailMode = "off",
+    ) -> CallRecord:
+        """An outbound call: reserve a slot, record it, dial; the answered stream claims both.
+
+        `voicemail`: what to do when a machine answers; a provider that `DetectsMachines` is
+        asked to tell, the others are listened to in the pipeline.
+        """
         self._refuse_if_draining()
         provider = self.state.provider(provider_name)
         missing = provider.dial_missing(from_number)
@@ -259,7 +276,9 @@ class CallOwner:
                 status="queued",
                 instance=self.state.holder,
                 webhook_url=self.webhook_url(agent),
+                voicemail=voicemail,
             )
+            detects = voicemail != "off" and isinstance(provider, DetectsMachines)
             request = DialRequest(
                 to_number=phone,
                 from_number=record.from_number or "",
@@ -267,6 +286,7 @@ class CallOwner:
                 status_url=urls.status_url(base, provider_name, call_id),
                 answer_url=urls.answer_url(base, provider_name, call_id),
                 call=self.stream_call(record),
+                machine_url=urls.machine_url(base, provider_name, call_id) if detects else None,
             )
             provider_call_id = await provider.dial(self.state.require_http(), request)
         except ProviderError as exc:
@@ -332,9 +352,41 @@ class CallOwner:
             return self.stream_call(record)
         return None
 
+    async def machine_verdict(self, provider: str, call_id: str, verdict: MachineVerdict) -> None:
+        """A provider's answering-machine verdict on a call we dialled: recorded, and handed to
+        the session carrying the call (here, or on the process that carries it)."""
+        await self._refuse_replays(provider, verdict.nonces)
+        store = self.state.store
+        record = await store.get(call_id)
+        if record is None or record.provider != provider or record.direction != "outbound":
+            raise CallRefused(404, f"no {provider} call {call_id}")
+        known = (None, verdict.provider_call_id, verdict.dial_id)
+        if verdict.provider_call_id and record.provider_call_id not in known:
+            raise CallRefused(404, f"call {call_id} is not {provider} call {verdict.provider_call_id}")
+        logger.bind(call_id=call_id).info(f"{provider} says a {verdict.answered_by} answered: {verdict.detail}")
+        # Recorded first: a stream not yet running reads it when it starts (_run).
+        record = await store.update(call_id, answered_by=verdict.answered_by) or record
+        live = self.live.get(call_id)
+        if live and live.session:
+            await live.session.machine_verdict(
+                verdict.answered_by, greeting_ended=verdict.greeting_ended, detail=verdict.detail
+            )
+        elif not live and record.status == "in-progress" and record.instance not in (None, self.state.holder):
+            data: dict[str, Any] = {"answered_by": verdict.answered_by, "detail": verdict.detail}
+            data["greeting_ended"] = verdict.greeting_ended
+            await store.publish(MACHINE_VERDICT, target=record.instance, call_id=call_id, data=data)
+
     async def on_event(self, event: Event) -> None:
         """An event another process sent about a call this one carries."""
         live = self.live.get(event.call_id or "")
+        if event.kind == MACHINE_VERDICT and live and live.session:
+            answered_by = event.data.get("answered_by")
+            if answered_by in ("human", "machine", "unknown"):
+                await live.session.machine_verdict(
+                    answered_by,
+                    greeting_ended=bool(event.data.get("greeting_ended")),
+                    detail=str(event.data.get("detail", "")),
+                )
         if event.kind == PROVIDER_ENDED and live and live.session:
             status, reason = event.data.get("status"), event.data.get("reason")
             if status in TERMINAL_STATUSES and isinstance(reason, str):
@@ -521,6 +573,10 @@ class CallOwner:
                 from voicecli.server.recordings import start_recording
 
                 call.recorder = await start_recording(self.state, call.call_id)
+            plan = self._voicemail_plan(call, agent)
+            # A verdict may have come before the stream (or while it was admitted): read after
+            # the claim, and with no wait before the session is in `live`, none is missed.
+            stored = await self.state.store.get(call.call_id) if plan is not None and plan.by_provider else None
             call.session = CallSession(
                 tools=self._tool_context(call),
                 call_id=call.call_id,
@@ -532,12 +588,22 @@ class CallOwner:
                 store=self.state.store,
                 env=dict(self.state.settings.env),
                 recorder=call.recorder,
+                voicemail=plan,
             )
             if self._cutting:
                 call.session.forced = True
                 return
             # A stream vouched for before the drain began is admitted, and ended politely.
-            await call.session.run(end_after_greeting=self._ending)
+            await call.session.run(end_after_greeting=self._ending, answered_by=stored.answered_by if stored else None)
+
+    def _voicemail_plan(self, call: LiveCall, agent: str) -> VoicemailPlan | None:
+        """What a dialled call that asked for voicemail detection does; None for the others."""
+        from voicecli.call.voicemail import plan_for
+
+        record = call.record
+        if record is None or record.direction != "outbound":
+            return None
+        return plan_for(record.voicemail, call.provider, self.state.agents[agent].outbound.voicemail_message)
 
     def _tool_context(self, call: LiveCall) -> ToolContext:
         from voicecli.call.session import ToolContext

@@ -10,6 +10,7 @@ from aiohttp import web
 from voicecli.providers.base import WebhookRejected, json_object
 from voicecli.server.lifecycle import CallRefused
 from voicecli.server.state import STATE
+from voicecli.store import VOICEMAIL_MODES
 
 # [0-9], not \d (which takes any script's digits); fullmatch, not $ (which allows a trailing newline).
 E164 = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -20,7 +21,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 async def place_call(request: web.Request) -> web.Response:
-    """POST /api/calls/outbound {"phone_number", "agent_name", "provider"?, "from_number"?}."""
+    """POST /api/calls/outbound {"phone_number", "agent_name", "provider"?, "from_number"?, "voicemail"?}."""
     state = request.app[STATE]
     if state.calls.draining:
         return _error(503, "server is shutting down: no new calls")
@@ -39,8 +40,13 @@ async def place_call(request: web.Request) -> web.Response:
         return _error(422, f"unknown provider {provider_name!r}")
     if not isinstance(agent, str) or agent not in state.agents:
         return _error(404, f"agent {agent!r} is not served here (served: {', '.join(sorted(state.agents))})")
+    voicemail = body.get("voicemail")
+    if voicemail is None:
+        voicemail = state.agents[agent].outbound.voicemail  # the agent's `[outbound] voicemail`
+    elif voicemail not in VOICEMAIL_MODES:
+        return _error(422, f"voicemail must be one of {', '.join(VOICEMAIL_MODES)}")
     try:
-        record = await state.calls.dial(provider_name, agent, phone, from_number, state.base_url(request))
+        record = await state.calls.dial(provider_name, agent, phone, from_number, state.base_url(request), voicemail)
     except CallRefused as exc:
         extra = {"call": exc.record.to_json()} if exc.record else {}
         return _error(exc.status, exc.reason, **extra)

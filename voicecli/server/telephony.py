@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from loguru import logger
 
-from voicecli.providers.base import FetchesTransfer, StreamCall, WebhookRejected
+from voicecli.providers.base import DetectsMachines, FetchesTransfer, StreamCall, WebhookRejected
 from voicecli.server import urls
 from voicecli.server.lifecycle import CallRefused
 from voicecli.server.state import STATE, ServerState
@@ -114,6 +114,22 @@ async def transfer_document(request: web.Request) -> web.StreamResponse:
     return provider.transfer_document(transfer)
 
 
+async def machine_verdict(request: web.Request) -> web.StreamResponse:
+    """POST /telephony/{provider}/amd/{call_id}: who answered a call we dialled (a person, a machine)."""
+    state = request.app[STATE]
+    name = provider_name(request)
+    provider = state.provider(name)
+    if not isinstance(provider, DetectsMachines):
+        raise web.HTTPNotFound(text=f"{name} does not detect machines\n")
+    try:
+        verdict = await provider.read_machine_verdict(request, state.public_url(request))
+        await state.calls.machine_verdict(name, request.match_info["call_id"], verdict)
+    except (WebhookRejected, CallRefused) as exc:
+        logger.warning(f"{name} machine detection callback refused ({exc.status}): {exc.reason}")
+        return refusal(exc)
+    return web.Response(text="ok\n")
+
+
 def setup_routes(app: web.Application) -> None:
     # Twilio may be configured to use GET for its voice webhook; POST is the default.
     app.router.add_post("/telephony/{provider}/inbound/{agent_name}", inbound_webhook)
@@ -123,3 +139,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/telephony/{provider}/status/{call_id}", status_callback)
     app.router.add_post("/telephony/{provider}/answer/{call_id}", answer_dialled)
     app.router.add_post("/telephony/{provider}/transfer/{call_id}", transfer_document)
+    app.router.add_post("/telephony/{provider}/amd/{call_id}", machine_verdict)

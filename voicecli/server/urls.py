@@ -43,6 +43,11 @@ def transfer_url(base: str, provider: str, call_id: str, destination: str) -> st
     return f"{base}/telephony/{provider}/transfer/{call_id}?to={quote(destination)}"
 
 
+def machine_url(base: str, provider: str, call_id: str) -> str:
+    """Where a provider posts its answering-machine verdict for a call we dialled."""
+    return f"{base}/telephony/{provider}/amd/{call_id}"
+
+
 def hide_password(url: Any) -> Any:
     """A database URL fit to show: its password (in the address or the query) as ****."""
     if not isinstance(url, str) or not url:

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING
 from voicecli.runtime import DB_FILE
 from voicecli.store.migrations import MIGRATIONS, Migration
 from voicecli.store.records import (
+    ANSWERED_BY,
     CALL_STATUSES,
     EVENT_KEEP_S,
     LEASE_S,
     RENEW_S,
     TERMINAL_STATUSES,
+    VOICEMAIL_MODES,
+    AnsweredBy,
     CallRecord,
     CallStatus,
     CallStore,
@@ -30,6 +33,7 @@ from voicecli.store.records import (
     StoreUnavailable,
     TranscriptEntry,
     TranscriptSummary,
+    VoicemailMode,
     new_call_id,
     utcnow_iso,
 )
@@ -49,6 +53,7 @@ def store_for(settings: Settings) -> CallStore:
 
 
 __all__ = [
+    "ANSWERED_BY",
     "CALL_STATUSES",
     "DB_FILE",
     "EVENT_KEEP_S",
@@ -56,6 +61,8 @@ __all__ = [
     "MIGRATIONS",
     "RENEW_S",
     "TERMINAL_STATUSES",
+    "VOICEMAIL_MODES",
+    "AnsweredBy",
     "CallRecord",
     "CallStatus",
     "CallStore",
@@ -71,6 +78,7 @@ __all__ = [
     "StoreUnavailable",
     "TranscriptEntry",
     "TranscriptSummary",
+    "VoicemailMode",
     "new_call_id",
     "store_for",
     "utcnow_iso",

@@ -188,6 +188,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("m004_take_slot_function", sqlite=(), postgres=(_TAKE_SLOT,)),
     # Post-call webhooks delivered at least once from an outbox.
     Migration("m005_webhook_outbox", **_both(_CALL_WEBHOOKS, _OUTBOX, *_OUTBOX_INDEXES)),
+    # Voicemail detection on outbound calls: who answered (human, machine, unknown), and what
+    # the dial asked for on a machine (hangup, message, off), which the stream and the
+    # provider's verdict read later, on whichever process takes them.
+    Migration(
+        "m006_answered_by",
+        **_both("ALTER TABLE calls ADD COLUMN answered_by TEXT", "ALTER TABLE calls ADD COLUMN voicemail TEXT"),
+    ),
     # Recordings and per-turn latency. Names, not numbers, order the runner: a migration
     # another branch adds before this one (m006) is applied wherever it is listed.
     Migration("m007_recordings", **_both(*_RECORDINGS)),

@@ -37,6 +37,7 @@ from voicecli.store.records import (
     LEASE_S,
     PROGRESS_ORDER,
     TERMINAL_STATUSES,
+    AnsweredBy,
     CallRecord,
     CallStatus,
     Direction,
@@ -49,6 +50,7 @@ from voicecli.store.records import (
     StoreUnavailable,
     TranscriptEntry,
     TranscriptSummary,
+    VoicemailMode,
     apply_update,
     check_ending,
     new_record,
@@ -68,7 +70,7 @@ _LIVE = sorted(PROGRESS_ORDER)  # the statuses of a call not yet ended
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
     " status, started_at, ended_at, duration_s, end_reason, instance,"
-    " recording_path, recording_s, recording_error"
+    " recording_path, recording_s, recording_error, answered_by, voicemail"
 )
 _NAMES = _COLUMNS.split(", ")
 _INSERT = f"INSERT INTO calls ({_COLUMNS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(_NAMES)))})"
@@ -355,6 +357,7 @@ class PostgresCallStore:
         call_id: str | None = None,
         instance: str | None = None,
         webhook_url: str | None = None,
+        voicemail: VoicemailMode | None = None,
     ) -> CallRecord:
         """Record a new call (its events go to `webhook_url`); DuplicateCall if `call_id` is taken."""
         record = new_record(
@@ -367,6 +370,7 @@ class PostgresCallStore:
             status=status,
             call_id=call_id,
             instance=instance,
+            voicemail=voicemail,
         )
 
         async def insert() -> None:
@@ -408,10 +412,11 @@ class PostgresCallStore:
         from_number: str | None = None,
         to_number: str | None = None,
         end_reason: str | None = None,
+        answered_by: AnsweredBy | None = None,
     ) -> CallRecord | None:
         """Change a call under `apply_update`'s rules, atomically; None if there is no such call."""
         changes = dict(status=status, provider_call_id=provider_call_id, end_reason=end_reason)
-        changes.update(from_number=from_number, to_number=to_number)
+        changes.update(from_number=from_number, to_number=to_number, answered_by=answered_by)
         return await self._write(self._change(call_id, changes))
 
     def _change(self, call_id: str, changes: dict[str, Any]) -> Callable[[], Awaitable[CallRecord | None]]:
@@ -804,13 +809,15 @@ class PostgresCallStore:
         provider: str | None = None,
         agent: str | None = None,
         active_only: bool = False,
+        answered_by: str | None = None,
     ) -> list[CallRecord]:
         """Calls newest first, optionally filtered; `active_only` keeps calls not yet ended."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         where: list[str] = []
         args: list[Any] = []
-        for name, value in (("status", status), ("provider", provider), ("agent", agent)):
+        filters = (("status", status), ("provider", provider), ("agent", agent), ("answered_by", answered_by))
+        for name, value in filters:
             if value is not None:
                 args.append(value)
                 where.append(f"{name} = ${len(args)}")

@@ -30,6 +30,12 @@ CallStatus = Literal[
 ]
 Direction = Literal["inbound", "outbound"]
 Role = Literal["caller", "agent", "tool"]  # tool: an HTTP tool's call and result
+# Who answered an outbound call that asked for voicemail detection.
+AnsweredBy = Literal["human", "machine", "unknown"]
+ANSWERED_BY: frozenset[str] = frozenset(get_args(AnsweredBy))
+# What an outbound call does on a machine: hang up, leave the agent's message, or not ask.
+VoicemailMode = Literal["hangup", "message", "off"]
+VOICEMAIL_MODES: tuple[VoicemailMode, ...] = get_args(VoicemailMode)
 
 CALL_STATUSES: frozenset[str] = frozenset(get_args(CallStatus))
 TERMINAL_STATUSES: frozenset[str] = frozenset(
@@ -117,6 +123,10 @@ class CallRecord:
     recording_path: str | None = None
     recording_s: float | None = None
     recording_error: str | None = None
+    # Outbound calls with voicemail detection: who answered, once known.
+    answered_by: AnsweredBy | None = None
+    # What the dial asked for on a machine (None: inbound, or a record from before m006).
+    voicemail: VoicemailMode | None = None
 
     def to_json(self, transcript: list[TranscriptEntry] | None = None) -> dict[str, Any]:
         """The API shape of the call, with its transcript when one is given."""
@@ -146,10 +156,13 @@ def new_record(
     status: CallStatus,
     call_id: str | None,
     instance: str | None,
+    voicemail: VoicemailMode | None = None,
 ) -> CallRecord:
     """A call as `create` records it, validated (the same in every store)."""
     if direction not in ("inbound", "outbound"):
         raise ValueError(f"unknown call direction {direction!r}")
+    if voicemail is not None and voicemail not in VOICEMAIL_MODES:
+        raise ValueError(f"unknown voicemail mode {voicemail!r}")
     if status not in CALL_STATUSES:
         raise ValueError(f"unknown call status {status!r}")
     now = utcnow_iso()
@@ -168,6 +181,7 @@ def new_record(
         duration_s=0.0 if ended else None,
         end_reason=None,
         instance=instance,
+        voicemail=voicemail,
     )
 
 
@@ -192,17 +206,26 @@ def apply_update(
     from_number: str | None = None,
     to_number: str | None = None,
     end_reason: str | None = None,
+    answered_by: AnsweredBy | None = None,
     now: str | None = None,
 ) -> CallRecord:
     """The record after an update, under the rules every store shares (None leaves a field alone)."""
     if status is not None and status not in CALL_STATUSES:
         raise ValueError(f"unknown call status {status!r}")
+    if answered_by is not None and answered_by not in ANSWERED_BY:
+        raise ValueError(f"unknown answered_by {answered_by!r}")
     if record.status in TERMINAL_STATUSES:
-        # First writer wins: an ended call keeps its status and end; only a missing reason is filled.
+        # First writer wins: an ended call keeps its status and end; only a missing reason, or
+        # a verdict that came after the end (a provider's late callback), is filled.
+        filled: dict[str, Any] = {}
         if end_reason is not None and record.end_reason is None:
-            return replace(record, end_reason=end_reason)
-        return record
-    fields = dict(provider_call_id=provider_call_id, from_number=from_number, to_number=to_number)
+            filled["end_reason"] = end_reason
+        if answered_by is not None and record.answered_by is None:
+            filled["answered_by"] = answered_by
+        return replace(record, **filled) if filled else record
+    fields = dict(
+        provider_call_id=provider_call_id, from_number=from_number, to_number=to_number, answered_by=answered_by
+    )
     changes: dict[str, Any] = {name: value for name, value in fields.items() if value is not None}
     if end_reason is not None:
         changes["end_reason"] = end_reason
@@ -304,6 +327,7 @@ class CallStore(Protocol):
         call_id: str | None = None,
         instance: str | None = None,
         webhook_url: str | None = None,
+        voicemail: VoicemailMode | None = None,
     ) -> CallRecord:
         """Record a new call; raises `DuplicateCall` if `call_id` is already taken.
 
@@ -327,6 +351,7 @@ class CallStore(Protocol):
         from_number: str | None = None,
         to_number: str | None = None,
         end_reason: str | None = None,
+        answered_by: AnsweredBy | None = None,
     ) -> CallRecord | None:
         """Change a call under `apply_update`'s rules, atomically; None if there is no such call."""
         ...
@@ -478,6 +503,7 @@ class CallStore(Protocol):
         provider: str | None = None,
         agent: str | None = None,
         active_only: bool = False,
+        answered_by: str | None = None,
     ) -> list[CallRecord]:
         """Calls newest first, optionally filtered; `active_only` keeps calls not yet ended."""
         ...

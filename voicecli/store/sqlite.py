@@ -37,6 +37,7 @@ from voicecli.store.records import (
     LEASE_S,
     PROGRESS_ORDER,
     TERMINAL_STATUSES,
+    AnsweredBy,
     CallRecord,
     CallStatus,
     Direction,
@@ -48,6 +49,7 @@ from voicecli.store.records import (
     StoreUnavailable,
     TranscriptEntry,
     TranscriptSummary,
+    VoicemailMode,
     apply_update,
     check_ending,
     new_record,
@@ -112,7 +114,7 @@ _LIVE = tuple(sorted(PROGRESS_ORDER))  # statuses of a call not yet ended
 _COLUMNS = (
     "id, provider, agent, direction, from_number, to_number, provider_call_id,"
     " status, started_at, ended_at, duration_s, end_reason, instance,"
-    " recording_path, recording_s, recording_error"
+    " recording_path, recording_s, recording_error, answered_by, voicemail"
 )
 _COLUMN_COUNT = len(_COLUMNS.split(","))
 
@@ -677,6 +679,7 @@ class SQLiteCallStore:
         call_id: str | None = None,
         instance: str | None = None,
         webhook_url: str | None = None,
+        voicemail: VoicemailMode | None = None,
     ) -> CallRecord:
         """Record a new call (its events go to `webhook_url`); DuplicateCall if `call_id` is taken."""
         record = new_record(
@@ -689,6 +692,7 @@ class SQLiteCallStore:
             status=status,
             call_id=call_id,
             instance=instance,
+            voicemail=voicemail,
         )
         try:
             await self._write(_insert, record, webhook_url)
@@ -717,10 +721,11 @@ class SQLiteCallStore:
         from_number: str | None = None,
         to_number: str | None = None,
         end_reason: str | None = None,
+        answered_by: AnsweredBy | None = None,
     ) -> CallRecord | None:
         """Change a call (see `apply_update` for the rules); None if there is no such call."""
         changes = dict(status=status, provider_call_id=provider_call_id, end_reason=end_reason)
-        changes.update(from_number=from_number, to_number=to_number)
+        changes.update(from_number=from_number, to_number=to_number, answered_by=answered_by)
         return await self._write(_update, call_id, changes)
 
     async def finish(self, call_id: str, status: CallStatus, end_reason: str) -> CallRecord | None:
@@ -871,9 +876,10 @@ class SQLiteCallStore:
         provider: str | None = None,
         agent: str | None = None,
         active_only: bool = False,
+        answered_by: str | None = None,
     ) -> list[CallRecord]:
         """Calls newest first, optionally filtered; `active_only` keeps calls not yet ended."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        filters = {"status": status, "provider": provider, "agent": agent}
+        filters = {"status": status, "provider": provider, "agent": agent, "answered_by": answered_by}
         return await self._run(_list, limit, filters, active_only)

@@ -19,9 +19,12 @@ async def call_rows(
     provider: str | None = None,
     agent: str | None = None,
     active_only: bool = False,
+    answered_by: str | None = None,
 ) -> list[dict[str, Any]]:
     """Recent calls, newest first, each with its turns so far and the last thing said."""
-    records = await store.list(limit=limit, status=status, provider=provider, agent=agent, active_only=active_only)
+    records = await store.list(
+        limit=limit, status=status, provider=provider, agent=agent, active_only=active_only, answered_by=answered_by
+    )
     summaries = await store.transcript_summaries([record.id for record in records])
     rows = []
     for record in records:

@@ -193,8 +193,11 @@ def call_detail(call: dict[str, Any]) -> Group:
         "recording_path",
         "recording_s",
         "recording_error",
+        "answered_by",
     ):
         value = call.get(key)
+        if key == "answered_by" and value is None:
+            continue  # a call without voicemail detection
         facts.add_row(key, "" if value is None else str(value))
     latency = call.get("latency") or {}
     if latency.get("replies"):
