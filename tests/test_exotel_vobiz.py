@@ -119,7 +119,7 @@ async def _static_stream(server, query: str) -> tuple[int | None, int]:
         ws = await http.ws_connect(server.url.replace("http", "ws") + "/ws/exotel/demo" + query)
         for message in caller.opening(call, {}):
             await ws.send_json(message)
-        heard, closed = await agent_audio(ws, caller, 2.0)
+        heard, closed = await agent_audio(ws, caller, 4.0)  # a first call also imports pipecat
         code = ws.close_code if closed else None
         await ws.close()
     return code, heard

@@ -144,7 +144,16 @@ def test_each_store_has_exactly_the_protocol_signatures(backend: str) -> None:
     assert lease.parameters == inspect.signature(CallStore.lease_connection).parameters
     assert not inspect.iscoroutinefunction(cls.lease_connection)
     assert isinstance(vars(cls)["location"], property)
-    assert TERMINAL_STATUSES == {"completed", "busy", "no-answer", "failed", "canceled", "interrupted", "no-stream"}
+    assert TERMINAL_STATUSES == {
+        "completed",
+        "busy",
+        "no-answer",
+        "failed",
+        "canceled",
+        "interrupted",
+        "no-stream",
+        "transferred",
+    }
 
 
 # --- call records and transcripts ---------------------------------------------------------------

@@ -55,7 +55,7 @@ properties = {{ order_number = {{ type = "string" }} }}
 
 
 class ToolServer:
-    """Answers each request as the next of `modes` says: ok, slow, error, junk, never."""
+    """Answers each request as the next of `modes` says: ok, slow, error, junk, huge, never."""
 
     def __init__(self) -> None:
         self.modes: list[str] = []
@@ -75,6 +75,8 @@ class ToolServer:
             return web.json_response({"detail": "down"}, status=500)
         if mode == "junk":
             return web.Response(text="<html>not json</html>")
+        if mode == "huge":
+            return web.json_response({"status": "shipped", "padding": "x" * 70_000})
         return web.json_response({"status": "shipped"})
 
 
@@ -116,7 +118,7 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
         await until(greeted, 15, "the greeting")
         said: dict[str, list[Any]] = {}
         # Every answer for POST; GET differs only in how the request is sent.
-        for mode in ("ok", "slow", "error", "junk", "never") if method == "POST" else ("ok",):
+        for mode in ("ok", "slow", "error", "junk", "huge", "never") if method == "POST" else ("ok",):
             tools.modes.append(mode)
             before = len(await store.transcript(record.id))
             said[mode] = await _reply_after_press(store, record.id, live, ws, before)
@@ -139,7 +141,8 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
         assert "order_number=12345" in query and f"call_id={record.id}" in query
         return
     assert texts("slow", "agent") == ["One moment while I check.", "Your order is shipped."]
-    for failed, error in (("error", "HTTP 500"), ("never", "did not answer within 1.5 s")):
+    failures = (("error", "HTTP 500"), ("huge", "more than 64 KB"), ("never", "did not answer within 1.5 s"))
+    for failed, error in failures:
         assert texts(failed, "agent") == (["One moment while I check."] if failed == "never" else []) + [
             "Sorry, the order system is down."
         ]

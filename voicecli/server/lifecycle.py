@@ -42,8 +42,6 @@ from voicecli.providers.base import (
     StreamMessages,
     StreamOnAnswered,
     TokenInStreamUrl,
-    TransferRequest,
-    Transfers,
     WebhookRejected,
 )
 from voicecli.server import urls
@@ -54,7 +52,7 @@ from voicecli.store.records import parse_iso
 
 if TYPE_CHECKING:
     from voicecli.call.recording import CallRecorder
-    from voicecli.call.session import CallSession, ToolContext
+    from voicecli.call.session import CallSession
     from voicecli.call.voicemail import VoicemailPlan
     from voicecli.providers.base import Provider, StreamStart
     from voicecli.server.state import ServerState
@@ -565,6 +563,7 @@ class CallOwner:
         self, admitted: tuple[LiveCall, StreamStart], agent: str, messages: AsyncIterator[tuple[str, dict[str, Any]]]
     ) -> None:
         from voicecli.call.session import CallSession  # pipecat: imported by the first call, not at start
+        from voicecli.server.call_actions import tool_context
 
         call, start = admitted
         async with self._owned(call):
@@ -578,7 +577,7 @@ class CallOwner:
             # the claim, and with no wait before the session is in `live`, none is missed.
             stored = await self.state.store.get(call.call_id) if plan is not None and plan.by_provider else None
             call.session = CallSession(
-                tools=self._tool_context(call),
+                tools=tool_context(self.state, call),
                 call_id=call.call_id,
                 agent=self.state.agents[agent],
                 provider=call.provider,
@@ -604,63 +603,6 @@ class CallOwner:
         if record is None or record.direction != "outbound":
             return None
         return plan_for(record.voicemail, call.provider, self.state.agents[agent].outbound.voicemail_message)
-
-    def _tool_context(self, call: LiveCall) -> ToolContext:
-        from voicecli.call.session import ToolContext
-
-        record, webhooks = call.record, self.state.webhooks
-        assert record is not None and webhooks is not None, "an admitted call has its record; the app its sender"
-        facts: dict[str, str | None] = {"id": record.id, "provider": record.provider, "agent": record.agent}
-        facts["direction"] = record.direction
-        facts |= {"from": record.from_number, "to": record.to_number}
-        transfer = None
-        if isinstance(call.provider, Transfers):
-
-            async def transfer(destination: str, number: str) -> str:
-                return await self._transfer(call, destination, number)
-
-        return ToolContext(self.state.require_http(), webhooks.secret, facts, self.state.settings.variables, transfer)
-
-    async def _transfer(self, call: LiveCall, destination: str, number: str) -> str:
-        """Hand the live call to `number` through its provider (README, "Transfer")."""
-        provider, record = call.provider, call.record
-        assert isinstance(provider, Transfers) and record is not None
-        document_url = urls.transfer_url(call.base_url, provider.name, call.call_id, destination)
-        request = self._transfer_request(record, call.provider_call_id, destination, number, document_url)
-        logger.bind(call_id=call.call_id).info(f"transferring to {destination} through {provider.name}")
-        try:
-            return await asyncio.wait_for(
-                provider.transfer(self.state.require_http(), request), self.timeouts.hang_up_s
-            )
-        except TimeoutError:
-            raise ProviderError(
-                f"{provider.name} did not answer the transfer within {self.timeouts.hang_up_s:g}s"
-            ) from None
-
-    def transfer_document(self, provider: str, record: CallRecord | None, destination: str) -> TransferRequest:
-        """What a provider fetching a transferred call's new document gets: 404 unless `record`
-        is that provider's call and `destination` one of its agent's."""
-        served = self.state.agents.get(record.agent) if record else None
-        if record is None or served is None or record.provider != provider:
-            raise CallRefused(404, "no such call")
-        number = served.transfer.destinations.get(destination)
-        if number is None:
-            raise CallRefused(404, f"agent {served.name} has no transfer destination {destination!r}")
-        return self._transfer_request(record, record.provider_call_id, destination, number, "")
-
-    def _transfer_request(
-        self, record: CallRecord, provider_call_id: str | None, destination: str, number: str, document_url: str
-    ) -> TransferRequest:
-        # The caller ID is the call's own number: the one called (inbound), or the one shown (outbound).
-        return TransferRequest(
-            call_id=record.id,
-            provider_call_id=provider_call_id,
-            destination=destination,
-            number=number,
-            caller_id=record.to_number if record.direction == "inbound" else record.from_number,
-            announce=self.state.agents[record.agent].transfer.announce,
-            document_url=document_url,
-        )
 
     @asynccontextmanager
     async def _owned(self, call: LiveCall) -> AsyncIterator[LiveCall]:

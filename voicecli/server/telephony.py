@@ -11,7 +11,7 @@ from aiohttp import web
 from loguru import logger
 
 from voicecli.providers.base import DetectsMachines, FetchesTransfer, StreamCall, WebhookRejected
-from voicecli.server import urls
+from voicecli.server import call_actions, urls
 from voicecli.server.lifecycle import CallRefused
 from voicecli.server.state import STATE, ServerState
 
@@ -107,7 +107,9 @@ async def transfer_document(request: web.Request) -> web.StreamResponse:
     try:
         await provider.read_transfer(request, state.public_url(request))
         record = await state.store.get(request.match_info["call_id"])
-        transfer = state.calls.transfer_document(name, record, request.query.get("to", ""))
+        transfer = call_actions.transfer_document(state, name, record, request.query.get("to", ""))
+        if transfer is None:
+            raise CallRefused(404, "no such call, or no such destination for its agent")
     except (WebhookRejected, CallRefused) as exc:
         logger.warning(f"{name} transfer document refused ({exc.status}): {exc.reason}")
         return refusal(exc)
