@@ -166,10 +166,19 @@ class MachineListener(FrameProcessor):
                 await asyncio.wait_for(self._sound.wait(), left)
 
 
+# Left out of both sides before matching: the offline recognizer drops and swaps these most
+# ("please leave a what after tone" for "please leave a message after the tone").
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def _content_words(text: str) -> str:
+    return " ".join(w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _ARTICLES)
+
+
 def has_voicemail_phrase(text: str) -> bool:
-    """Whether a transcript holds one of VOICEMAIL_PHRASES (as whole words)."""
-    words = " ".join(re.findall(r"[a-z0-9']+", text.lower()))
-    return any(re.search(rf"\b{re.escape(phrase)}\b", words) for phrase in VOICEMAIL_PHRASES)
+    """Whether a transcript holds one of VOICEMAIL_PHRASES (as whole words, articles aside)."""
+    words = _content_words(text)
+    return any(re.search(rf"\b{re.escape(_content_words(phrase))}\b", words) for phrase in VOICEMAIL_PHRASES)
 
 
 class KeywordVoicemailClassifier(BaseClassifier):
