@@ -196,14 +196,13 @@ def call_detail(call: dict[str, Any]) -> Group:
         "answered_by",
     ):
         value = call.get(key)
-        if key == "answered_by" and value is None:
-            continue  # a call without voicemail detection
+        if value is None and (key == "answered_by" or key.startswith("recording")):
+            continue  # a call without voicemail detection, or not recorded
         facts.add_row(key, "" if value is None else str(value))
     latency = call.get("latency") or {}
-    if latency.get("replies"):
-        facts.add_row(
-            "latency", f"p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']} ms ({latency['replies']} replies)"
-        )
+    if replies := latency.get("replies"):
+        counted = f"{replies} repl{'y' if replies == 1 else 'ies'}"
+        facts.add_row("latency", f"p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']} ms ({counted})")
     lines = [
         Text.assemble(
             (f"{t['role']:>6}: ", "bold cyan" if t["role"] == "agent" else "bold"),
