@@ -15,7 +15,7 @@ from aiohttp import web
 
 from tests.processes import CLEAN_ENV, run_voicecli, until
 from tests.test_webhooks import SECRET, verify
-from tests.wire import WireCall, agent_audio
+from tests.wire import WireCall, agent_audio, open_greeted
 from voicecli.agents import load_agent
 from voicecli.errors import AgentError
 
@@ -107,15 +107,8 @@ async def test_a_tool_is_called_signed_and_every_failure_leaves_the_call_going(
     server = await start_server(agents=["orders"], VOICECLI_WEBHOOK_SECRET=SECRET, ORDERS_TOKEN="tok-42")
     store = server.state.store
     async with aiohttp.ClientSession() as http:
-        live = WireCall(server.state.settings, server.url, "twilio", agent="orders")
-        ws = await live.open(http)
-        [record] = await store.list()
+        live, ws, record = await open_greeted(server, http, "twilio", "orders")
         reader = asyncio.create_task(agent_audio(ws, live.caller, 60.0))
-
-        async def greeted() -> bool:
-            return any(r.role == "agent" for r in await store.transcript(record.id))
-
-        await until(greeted, 15, "the greeting")
         said: dict[str, list[Any]] = {}
         # Every answer for POST; GET differs only in how the request is sent.
         for mode in ("ok", "slow", "error", "junk", "huge", "never") if method == "POST" else ("ok",):
@@ -262,13 +255,8 @@ async def test_an_llm_calls_tools_through_function_calling_and_ends_the_call(
     server = await start_server(agents=["orders"], VOICECLI_WEBHOOK_SECRET=SECRET)
     store = server.state.store
     async with aiohttp.ClientSession() as http:
-        live = WireCall(server.state.settings, server.url, "twilio", agent="orders")
-        ws = await live.open(http)
-        [record] = await store.list()
+        live, ws, record = await open_greeted(server, http, "twilio", "orders")
         reader = asyncio.create_task(agent_audio(ws, live.caller, 60.0))
-
-        async def greeted() -> bool:
-            return any(r.text == "Orders line." for r in await store.transcript(record.id))
 
         async def answered() -> bool:
             return any(r.text == "Your order is shipped." for r in await store.transcript(record.id))
@@ -276,7 +264,6 @@ async def test_an_llm_calls_tools_through_function_calling_and_ends_the_call(
         async def refused() -> bool:
             return any(r.text == "I cannot do that." for r in await store.transcript(record.id))
 
-        await until(greeted, 15, "the greeting")
         await live.press(ws, "1")
         await until(answered, 20, "the reply from the tool's result")
         await live.press(ws, "9")

@@ -14,7 +14,7 @@ import aiohttp
 
 from tests.conftest import twilio_env, vobiz_env
 from tests.processes import until
-from tests.wire import WireCall
+from tests.wire import open_greeted
 from voicecli.emulator.vobiz import VobizApi
 
 DESK = """
@@ -44,18 +44,6 @@ announce = "Connecting you now."
 """
 
 
-async def _open(server: Any, provider: str, http: aiohttp.ClientSession) -> tuple[WireCall, Any, Any]:
-    live = WireCall(server.state.settings, server.url, provider, agent="desk")
-    ws = await live.open(http)
-    [record] = await server.state.store.list()
-
-    async def greeted() -> bool:
-        return any(r.role == "agent" for r in await server.state.store.transcript(record.id))
-
-    await until(greeted, 15, "the greeting")
-    return live, ws, record
-
-
 async def _ended(store: Any, call_id: str) -> Any:
     async def ended() -> Any:
         record = await store.get(call_id)
@@ -70,7 +58,7 @@ async def test_twilio_transfer_replaces_the_calls_twiml_and_is_not_hung_up(
     (project / "agents" / "desk.toml").write_text(DESK)
     server = await start_server(agents=["desk"], **twilio_env(fake_twilio))
     async with aiohttp.ClientSession() as http:
-        live, ws, record = await _open(server, "twilio", http)
+        live, ws, record = await open_greeted(server, http, "twilio", "desk")
         await live.press(ws, "2")
         await until(lambda: fake_twilio.of_kind("transfer"), 10, "the transfer request")
         await ws.send_str(json.dumps(live.caller.hang_up(live.call, live.next_seq())))  # Twilio ends the stream
@@ -91,7 +79,7 @@ async def test_vobiz_transfer_points_the_a_leg_at_a_signed_document(project: Pat
     (project / "agents" / "desk.toml").write_text(DESK)
     server = await start_server(agents=["desk"], **vobiz_env(fake_vobiz))
     async with aiohttp.ClientSession() as http:
-        live, ws, record = await _open(server, "vobiz", http)
+        live, ws, record = await open_greeted(server, http, "vobiz", "desk")
         await live.press(ws, "2")
         await until(lambda: fake_vobiz.of_kind("transfer"), 10, "the transfer request")
         [transfer] = fake_vobiz.of_kind("transfer")
@@ -153,7 +141,7 @@ async def test_send_dtmf_plays_tones_that_decode_to_the_digits(project: Path, st
     (project / "agents" / "desk.toml").write_text(DESK)
     server = await start_server(agents=["desk"])
     async with aiohttp.ClientSession() as http:
-        live, ws, record = await _open(server, "twilio", http)
+        live, ws, record = await open_greeted(server, http, "twilio", "desk")
         await asyncio.sleep(1.0)  # the greeting's audio plays out
         while True:  # what was sent before the press
             try:

@@ -130,6 +130,18 @@ async def _said(server: Any, call_id: str) -> list[str]:
     return [t.text for t in await server.state.store.transcript(call_id) if t.role == "agent"]
 
 
+async def _left_the_message_and_hung_up(server: Any, line: Any, call_id: str, provider: str, hang_up: str) -> None:
+    """The machine got the message alone (the greeting was held, then dropped), then the
+    provider's REST hang-up at `hang_up`, and the record says so."""
+    [result] = await asyncio.gather(*line.answered)
+    assert result.ended_by == "agent" and 1.0 < _agent_audio_s(result, provider, server.state.settings) < 3.5
+    call = await server.state.store.get(call_id)
+    assert call is not None and call.answered_by == "machine" and call.status == "completed"
+    assert "left the voicemail message" in (call.end_reason or "")
+    assert await _said(server, call_id) == [MESSAGE]
+    assert [r["path"] for r in line.apis[provider].of_kind("hangup")] == [hang_up]
+
+
 async def test_twilio_machine_verdict_leaves_the_message_and_hangs_up(start_server, line) -> None:
     server = line.server = await start_server(agents=["vm"], **line.env())
     api = line.apis["twilio"]
@@ -146,15 +158,8 @@ async def test_twilio_machine_verdict_leaves_the_message_and_hangs_up(start_serv
         async with http.post(amd_url, data=form) as resp:
             assert resp.status == 403  # verified like every Twilio webhook
         assert await api.post_machine_verdict(http, server.url, dial, call_sid, "machine_end_beep") == 200  # type: ignore[attr-defined]
-    [result] = await asyncio.gather(*line.answered)
-    assert result.ended_by == "agent" and 1.0 < _agent_audio_s(result, "twilio", server.state.settings) < 3.5
-    call = await server.state.store.get(record["id"])
-    assert call is not None and call.answered_by == "machine" and call.status == "completed"
-    assert "left the voicemail message" in (call.end_reason or "")
-    assert await _said(server, record["id"]) == [MESSAGE]  # the greeting was held, then dropped
-    assert [h["path"] for h in api.of_kind("hangup")] == [
-        f"/2010-04-01/Accounts/{api.credentials['account_sid']}/Calls/{call_sid}.json"
-    ]
+    hang_up = f"/2010-04-01/Accounts/{api.credentials['account_sid']}/Calls/{call_sid}.json"
+    await _left_the_message_and_hung_up(server, line, record["id"], "twilio", hang_up)
 
 
 async def test_twilio_human_verdict_lets_the_conversation_go_on(start_server, line) -> None:
@@ -194,15 +199,8 @@ async def test_vobiz_machine_verdict_waits_for_the_greeting_to_end_then_leaves_t
         async with http.post(f"{server.url}/telephony/vobiz/amd/{record['id']}", data=form) as resp:
             assert resp.status == 403  # signed like Vobiz's other callbacks
         assert await api.post_machine_verdict(http, server.url, dial, call_uuid, True) == 200  # type: ignore[attr-defined]
-    [result] = await asyncio.gather(*line.answered)
-    assert result.ended_by == "agent" and 1.0 < _agent_audio_s(result, "vobiz", server.state.settings) < 3.5
-    call = await server.state.store.get(record["id"])
-    assert call is not None and call.answered_by == "machine" and call.status == "completed"
-    assert "left the voicemail message" in (call.end_reason or "")
-    assert await _said(server, record["id"]) == [MESSAGE]
-    assert [r["path"] for r in api.of_kind("hangup")] == [
-        f"/api/v1/Account/{api.credentials['auth_id']}/Call/{call_uuid}/"
-    ]
+    hang_up = f"/api/v1/Account/{api.credentials['auth_id']}/Call/{call_uuid}/"
+    await _left_the_message_and_hung_up(server, line, record["id"], "vobiz", hang_up)
 
 
 async def test_vobiz_human_verdict_lets_the_conversation_go_on(start_server, line) -> None:

@@ -101,3 +101,21 @@ async def in_store(project: Path, work: Callable[[SQLiteCallStore], Awaitable[T]
         return await work(store)
     finally:
         await store.close()
+
+
+async def open_greeted(
+    server: Any, http: aiohttp.ClientSession, provider: str = "twilio", agent: str = "demo"
+) -> tuple[WireCall, aiohttp.ClientWebSocketResponse, CallRecord]:
+    """An inbound call streaming to the in-process `server`, once its greeting is in the
+    transcript: (the caller, its socket, the call's record)."""
+    from tests.processes import until
+
+    live = WireCall(server.state.settings, server.url, provider, agent=agent)
+    ws = await live.open(http)
+    [record] = await server.state.store.list()
+
+    async def greeted() -> bool:
+        return any(r.role == "agent" for r in await server.state.store.transcript(record.id))
+
+    await until(greeted, 15, "the greeting")
+    return live, ws, record
