@@ -175,10 +175,13 @@ def _content_words(text: str) -> str:
     return " ".join(w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _ARTICLES)
 
 
+_PHRASE_PATTERNS = tuple(re.compile(rf"\b{re.escape(_content_words(phrase))}\b") for phrase in VOICEMAIL_PHRASES)
+
+
 def has_voicemail_phrase(text: str) -> bool:
     """Whether a transcript holds one of VOICEMAIL_PHRASES (as whole words, articles aside)."""
     words = _content_words(text)
-    return any(re.search(rf"\b{re.escape(_content_words(phrase))}\b", words) for phrase in VOICEMAIL_PHRASES)
+    return any(pattern.search(words) for pattern in _PHRASE_PATTERNS)
 
 
 class KeywordVoicemailClassifier(BaseClassifier):

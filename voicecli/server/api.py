@@ -15,7 +15,7 @@ from aiohttp import web
 
 from voicecli.server.recordings import recording_elsewhere
 from voicecli.server.state import STATE
-from voicecli.store.views import call_detail, call_rows
+from voicecli.store.views import call_detail, call_rows, no_recording
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,11 +82,9 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     call_id = request.match_info["call_id"]
     record = await state.store.get(call_id)
-    if record is None:
-        return _not_found(f"no call {call_id}")
-    if not record.recording_path:
-        why = f" ({record.recording_error})" if record.recording_error else ""
-        return _not_found(f"call {call_id} has no recording{why}")
+    if (missing := no_recording(record, call_id)) is not None:
+        return _not_found(missing)
+    assert record is not None and record.recording_path is not None
     path = Path(record.recording_path)
     here = await asyncio.to_thread(path.is_file)
     # A server restarted on the same disk is a new instance: the file being here is what counts.

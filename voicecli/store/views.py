@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from voicecli.errors import VoicecliError
-from voicecli.store.records import CallStore
+from voicecli.store.records import CallRecord, CallStore
 
 
 async def call_rows(
@@ -69,15 +69,24 @@ def latency_summary(latencies: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def no_recording(record: CallRecord | None, call_id: str) -> str | None:
+    """Why there is no recording to look for: no such call, or the call was not recorded
+    (with the record's reason); None when the record names a file."""
+    if record is None:
+        return f"no call {call_id}"
+    if not record.recording_path:
+        why = f" ({record.recording_error})" if record.recording_error else ""
+        return f"call {call_id} has no recording{why}"
+    return None
+
+
 async def recording_file(store: CallStore, call_id: str) -> Path:
     """Where a call's finished recording is on this machine, read from the store (no server to
     ask); VoicecliError saying why when there is none here."""
     record = await store.get(call_id)
-    if record is None:
-        raise VoicecliError(f"no call {call_id}")
-    if not record.recording_path:
-        why = f" ({record.recording_error})" if record.recording_error else ""
-        raise VoicecliError(f"call {call_id} has no recording{why}")
+    if (missing := no_recording(record, call_id)) is not None:
+        raise VoicecliError(missing)
+    assert record is not None and record.recording_path is not None
     path = Path(record.recording_path)
     if not await asyncio.to_thread(path.is_file):
         where = f" (instance {record.instance} carried the call)" if record.instance else ""
