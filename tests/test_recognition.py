@@ -58,9 +58,9 @@ def hit_rate(name: str) -> tuple[float, list[str]]:
 
 @pytest.mark.parametrize("name", ["demo", "pizza"])
 def test_spoken_keywords_reach_their_rule(name: str) -> None:
-    # In a fresh process, as a new server hears them: in one full CI run the same sentences,
-    # decoded after the rest of the suite in one process, reached 15 of 21, not 17 (cause not
-    # yet found; the decoder's mean is reset per utterance and eSpeak's rate per sentence).
+    # In a fresh process, so that the figure repeats: eSpeak carries state from one utterance to
+    # the next (two renderings of one sentence in a process differ), and after the rest of the
+    # suite the same sentences reached 15 of 21, not 17. bench/recognition.py averages renderings.
     code = f"import json; from tests.test_recognition import hit_rate; print(json.dumps(hit_rate({name!r})))"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
