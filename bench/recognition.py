@@ -21,15 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import table
+from bench.voices import FORMS
 from voicecli.agents import load_agent
-from voicecli.call.audio import resample, silence, ulaw_decode, ulaw_encode
-from voicecli.services.espeak_tts import synthesize
+from voicecli.call.audio import silence, ulaw_decode, ulaw_encode
+from voicecli.emulator.simulator import speech
 from voicecli.services.factories import FILLER_PHRASES
 from voicecli.services.pocketsphinx_stt import transcribe
 from voicecli.services.script_llm import match_rule
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
-TARGET_FORMS = ("I need {} please", "Can you give me {}", "{}")
 HELD_OUT_FORMS = ("Tell me about {}", "What about {}", "I want to ask about {}")
 OUT_OF_SCRIPT = (
     "My dog likes bananas",
@@ -46,9 +46,8 @@ OUT_OF_SCRIPT = (
 
 
 def phone_segment(text: str) -> bytes:
-    """One rendering of `text` as the STT gets it in a call."""
-    pcm, rate = synthesize(text)
-    return silence(1000, 8000) + ulaw_decode(ulaw_encode(resample(pcm, rate, 8000))) + silence(200, 8000)
+    """One rendering of `text` as the STT gets it in a call: through mu-law, the line's quiet around it."""
+    return silence(1000, 8000) + ulaw_decode(ulaw_encode(speech(text))) + silence(200, 8000)
 
 
 def share(hits: int, total: int) -> str:
@@ -62,7 +61,7 @@ def measure(name: str, renders: int) -> dict[str, str]:
     started = time.perf_counter()
     for rule in agent.rules:
         for keyword in rule.keywords:
-            for label, forms in (("target", TARGET_FORMS), ("held out", HELD_OUT_FORMS)):
+            for label, forms in (("target", FORMS), ("held out", HELD_OUT_FORMS)):
                 for form in forms:
                     for _ in range(renders):
                         heard = transcribe(phone_segment(form.format(keyword)), phrases, 8000)
@@ -88,7 +87,8 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=4, help="eSpeak renderings of each sentence")
     args = parser.parse_args()
     rows = [measure(name, args.renders) for name in ("demo", "pizza")]
-    print(f"PocketSphinx on eSpeak through 8 kHz mu-law, {args.renders} renderings per sentence (target: 0.90)")
+    renderings = "1 rendering" if args.renders == 1 else f"{args.renders} renderings"
+    print(f"PocketSphinx on eSpeak through 8 kHz mu-law, {renderings} per sentence (target: 0.90)")
     print(table(list(rows[0]), [list(row.values()) for row in rows]))
 
 
