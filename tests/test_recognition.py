@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from voicecli.agents import Agent, load_agent
-from voicecli.call.audio import resample, silence, ulaw_decode, ulaw_encode
-from voicecli.services.espeak_tts import synthesize
+from voicecli.call.audio import silence, ulaw_decode, ulaw_encode
+from voicecli.emulator.simulator import speech
 from voicecli.services.factories import FILLER_PHRASES
 from voicecli.services.pocketsphinx_stt import transcribe
 from voicecli.services.script_llm import match_rule
@@ -35,9 +35,7 @@ REACHED = 0.75
 @cache
 def segment(text: str) -> bytes:
     """`text` as the STT gets it in a call: 8 kHz, through mu-law, with the quiet around it."""
-    pcm, rate = synthesize(text)
-    phone = ulaw_decode(ulaw_encode(resample(pcm, rate, 8000)))
-    return silence(1000, 8000) + phone + silence(200, 8000)
+    return silence(1000, 8000) + ulaw_decode(ulaw_encode(speech(text))) + silence(200, 8000)
 
 
 @cache
