@@ -78,7 +78,9 @@ async def test_the_pizza_shop_answers_each_menu_question_within_2_5_s(start_serv
     # purpose, for shared machines; bench/turn_latency.py has the exact figures.
     server = await start_server(agents=["pizza"])
     settings = server.state.settings
-    latencies = await asyncio.gather(*(turn_latency(server.url, settings, "pizza", q) for q in MENU_QUESTIONS))
+    # One call at a time: four at once on a shared 2-core machine timed the calls' own CPU queue
+    # (Smart Turn runs one inference at a time), not a caller's wait (a CI run saw 2.5 and 2.9 s).
+    latencies = [await turn_latency(server.url, settings, "pizza", q) for q in MENU_QUESTIONS]
     assert all(0 < latency < 2.5 for latency in latencies), dict(zip(MENU_QUESTIONS, latencies, strict=True))
 
 
